@@ -1,0 +1,122 @@
+"""Box arithmetic with Detectron's ``+1`` convention (``utils/boxes.py``).
+
+Boxes are ``[x1, y1, x2, y2]`` with inclusive pixel corners, so a box's width is
+``x2 - x1 + 1``. Every function here performs the same float32 operations in the
+same order as Detectron's NumPy code (run under NumPy 1, which kept float32 when a
+float64 scalar such as ``BBOX_XFORM_CLIP`` met a float32 array), so results agree
+to the last bit except where ``torch.exp``/``torch.log`` and NumPy's differ by an ulp.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+# Detectron's cfg.BBOX_XFORM_CLIP: the largest dw/dh fed to exp().
+BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+
+
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """A 0-dim tensor of ``like``'s dtype: arithmetic then stays in that dtype
+    with the scalar rounded once, as NumPy 1 did with float32 arrays."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def boxes_area(boxes: Tensor) -> Tensor:
+    """``(x2 - x1 + 1) * (y2 - y1 + 1)``."""
+    return (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
+
+
+def decode(
+    boxes: Tensor,
+    deltas: Tensor,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    clip: float = BBOX_XFORM_CLIP,
+) -> Tensor:
+    """Apply regression ``deltas`` (R, 4K) to ``boxes`` (R, 4): Detectron's
+    ``bbox_transform``. Boxes are cast to the deltas' dtype first, like Detectron."""
+    if boxes.shape[0] == 0:
+        return deltas.new_zeros((0, deltas.shape[1]))
+    boxes = boxes.to(deltas.dtype)
+    widths = boxes[:, 2] - boxes[:, 0] + 1.0
+    heights = boxes[:, 3] - boxes[:, 1] + 1.0
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+
+    wx, wy, ww, wh = (_scalar(w, deltas) for w in weights)
+    dx = deltas[:, 0::4] / wx
+    dy = deltas[:, 1::4] / wy
+    dw = torch.minimum(deltas[:, 2::4] / ww, _scalar(clip, deltas))
+    dh = torch.minimum(deltas[:, 3::4] / wh, _scalar(clip, deltas))
+
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    pred_w = torch.exp(dw) * widths[:, None]
+    pred_h = torch.exp(dh) * heights[:, None]
+
+    pred = torch.empty_like(deltas)
+    pred[:, 0::4] = pred_ctr_x - 0.5 * pred_w
+    pred[:, 1::4] = pred_ctr_y - 0.5 * pred_h
+    # "- 1" is Detectron's: x2 is an inclusive pixel index.
+    pred[:, 2::4] = pred_ctr_x + 0.5 * pred_w - 1
+    pred[:, 3::4] = pred_ctr_y + 0.5 * pred_h - 1
+    return pred
+
+
+def encode(boxes: Tensor, gt_boxes: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
+    """Regression targets taking ``boxes`` to ``gt_boxes``: ``bbox_transform_inv``."""
+    ex_w = boxes[:, 2] - boxes[:, 0] + 1.0
+    ex_h = boxes[:, 3] - boxes[:, 1] + 1.0
+    ex_cx = boxes[:, 0] + 0.5 * ex_w
+    ex_cy = boxes[:, 1] + 0.5 * ex_h
+    gt_w = gt_boxes[:, 2] - gt_boxes[:, 0] + 1.0
+    gt_h = gt_boxes[:, 3] - gt_boxes[:, 1] + 1.0
+    gt_cx = gt_boxes[:, 0] + 0.5 * gt_w
+    gt_cy = gt_boxes[:, 1] + 0.5 * gt_h
+    wx, wy, ww, wh = (_scalar(w, boxes) for w in weights)
+    return torch.stack(
+        (
+            wx * (gt_cx - ex_cx) / ex_w,
+            wy * (gt_cy - ex_cy) / ex_h,
+            ww * torch.log(gt_w / ex_w),
+            wh * torch.log(gt_h / ex_h),
+        ),
+        dim=1,
+    )
+
+
+def clip_tiled(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> Tensor:
+    """Clip (R, 4K) boxes to ``[0, width - 1] x [0, height - 1]`` (``clip_tiled_boxes``).
+
+    ``height``/``width`` may be per-row tensors of shape (R, 1) for a batch of
+    images, in the boxes' dtype (Detectron's ``im_info`` is float32).
+    """
+    out = torch.empty_like(boxes)
+    zero = _scalar(0.0, boxes)
+    out[:, 0::4] = torch.maximum(torch.minimum(boxes[:, 0::4], width - 1), zero)
+    out[:, 1::4] = torch.maximum(torch.minimum(boxes[:, 1::4], height - 1), zero)
+    out[:, 2::4] = torch.maximum(torch.minimum(boxes[:, 2::4], width - 1), zero)
+    out[:, 3::4] = torch.maximum(torch.minimum(boxes[:, 3::4], height - 1), zero)
+    return out
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU matrix (N, M) with ``+1`` widths (``cython_bbox.bbox_overlaps``)."""
+    area_a = boxes_area(a)
+    area_b = boxes_area(b)
+    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]) + 1).clamp(min=0)
+    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]) + 1).clamp(min=0)
+    inter = iw * ih
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    """``[x1, y1, x2 - x1 + 1, y2 - y1 + 1]``: COCO json boxes from Detectron's."""
+    return torch.cat((boxes[:, :2], boxes[:, 2:4] - boxes[:, :2] + 1), dim=1)
+
+
+def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``[x, y, x + max(0, w - 1), y + max(0, h - 1)]``: Detectron's reading of COCO boxes."""
+    return torch.cat((boxes[:, :2], boxes[:, :2] + (boxes[:, 2:4] - 1).clamp(min=0)), dim=1)
