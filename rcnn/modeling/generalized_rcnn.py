@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor, nn
 
 from rcnn.modeling.box_head import BoxHead
@@ -86,7 +87,7 @@ class GeneralizedRCNN(nn.Module):
     def proposals(self, feats: list[Tensor], im_info: Tensor, params: ProposalParams) -> tuple[Tensor, Tensor]:
         """RPN on P2..P6, then proposal generation and collection."""
         logits, deltas = self.rpn(feats)
-        return generate_proposals(logits, deltas, im_info, self.rpn_levels, self.anchor_sizes,
+        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, self.rpn_levels, self.anchor_sizes,
                                   self.cfg.FPN.RPN_ASPECT_RATIOS, params)
 
     def _pool(self, feats: list[Tensor], rois: Tensor, resolution: int, sampling_ratio: int) -> Tensor:

@@ -49,7 +49,7 @@ def _rank_in_runs(keys: Tensor) -> Tensor:
 
 
 def generate_proposals(
-    cls_logits: Sequence[Tensor],
+    cls_probs: Sequence[Tensor],
     bbox_deltas: Sequence[Tensor],
     im_info: Tensor,
     levels: Sequence[int],
@@ -60,7 +60,8 @@ def generate_proposals(
     """Proposals for a batch.
 
     Args:
-        cls_logits / bbox_deltas: per level, (B, A, H, W) and (B, 4A, H, W).
+        cls_probs / bbox_deltas: per level, sigmoid objectness (B, A, H, W) and
+            deltas (B, 4A, H, W).
         im_info: (B, 3) float32 rows ``[height, width, scale]`` used for clipping.
         levels / anchor_sizes: FPN level and anchor size of each entry.
 
@@ -78,9 +79,9 @@ def generate_proposals(
     min_size = max(params.min_size, 1)
 
     cand_boxes, cand_scores, cand_groups = [], [], []
-    for li, (lvl, size, logits, deltas) in enumerate(zip(levels, anchor_sizes, cls_logits, bbox_deltas)):
-        _, a, h, w = logits.shape
-        probs = torch.sigmoid(logits).permute(0, 2, 3, 1).reshape(num_images, -1)
+    for li, (lvl, size, probs, deltas) in enumerate(zip(levels, anchor_sizes, cls_probs, bbox_deltas)):
+        h, w = probs.shape[-2:]
+        probs = probs.permute(0, 2, 3, 1).reshape(num_images, -1)
         deltas = deltas.permute(0, 2, 3, 1).reshape(num_images, -1, 4)
         anchors = grid_anchors(2**lvl, (size,), aspect_ratios, h, w, device)
         k = probs.shape[1]
@@ -117,14 +118,23 @@ def generate_proposals(
             keep = keep[_rank_in_runs(groups[keep]) < params.post_nms_top_n]
         boxes, scores, groups = boxes[keep], scores[keep], groups[keep]
 
-    # Collect: candidates are in (level, image, rank) order, so a stable sort keeps
-    # level order among equal probabilities, as Detectron's concatenation does.
     image = torch.div(groups, num_levels, rounding_mode="floor")
+    return collect(boxes, scores, image, params.post_nms_top_n, params.per_image_collect)
+
+
+def collect(boxes: Tensor, scores: Tensor, image: Tensor, post_nms_top_n: int,
+            per_image: bool = True) -> tuple[Tensor, Tensor]:
+    """Keep the ``post_nms_top_n`` most probable proposals over all levels.
+
+    Candidates come in (level, image, rank) order, so the stable sort keeps level
+    order among equal probabilities, as Detectron's concatenation does.
+    ``per_image=False`` ranks the whole batch together (Detectron's training).
+    """
     order = sort_desc(scores)
-    if params.per_image_collect:
+    if per_image:
         order = order[torch.sort(image[order], stable=True).indices]
-        order = order[_rank_in_runs(image[order]) < params.post_nms_top_n]
+        order = order[_rank_in_runs(image[order]) < post_nms_top_n]
     else:
-        order = order[: params.post_nms_top_n]
+        order = order[:post_nms_top_n]
     rois = torch.cat((image[order, None].to(boxes.dtype), boxes[order]), dim=1)
     return rois, scores[order]

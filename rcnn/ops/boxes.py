@@ -4,13 +4,19 @@ Boxes are ``[x1, y1, x2, y2]`` with inclusive pixel corners, so a box's width is
 ``x2 - x1 + 1``. Every function here performs the same float32 operations in the
 same order as Detectron's NumPy code (run under NumPy 1, which kept float32 when a
 float64 scalar such as ``BBOX_XFORM_CLIP`` met a float32 array), so results agree
-to the last bit except where ``torch.exp``/``torch.log`` and NumPy's differ by an ulp.
+to the last bit.
+
+``exp`` and ``log`` are NumPy's on CPU: torch's float32 ``exp`` differs from
+NumPy's by one ulp in ~39 % of elements, enough to move a box by 5e-4 px and flip
+a mask pixel (reference §4.14). On GPU torch's are used; results there differ in
+the last bits anyway (conv kernels).
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,6 +28,22 @@ def _scalar(value: float, like: Tensor) -> Tensor:
     """A 0-dim tensor of ``like``'s dtype: arithmetic then stays in that dtype
     with the scalar rounded once, as NumPy 1 did with float32 arrays."""
     return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _numpy_on_cpu(fn_np, fn_torch, x: Tensor) -> Tensor:
+    if x.device.type == "cpu" and not x.requires_grad:
+        return torch.from_numpy(fn_np(x.contiguous().numpy()))
+    return fn_torch(x)
+
+
+def exp(x: Tensor) -> Tensor:
+    """Elementwise exp, bit-identical to NumPy's on CPU."""
+    return _numpy_on_cpu(np.exp, torch.exp, x)
+
+
+def log(x: Tensor) -> Tensor:
+    """Elementwise log, bit-identical to NumPy's on CPU."""
+    return _numpy_on_cpu(np.log, torch.log, x)
 
 
 def boxes_area(boxes: Tensor) -> Tensor:
@@ -53,8 +75,8 @@ def decode(
 
     pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-    pred_w = torch.exp(dw) * widths[:, None]
-    pred_h = torch.exp(dh) * heights[:, None]
+    pred_w = exp(dw) * widths[:, None]
+    pred_h = exp(dh) * heights[:, None]
 
     pred = torch.empty_like(deltas)
     pred[:, 0::4] = pred_ctr_x - 0.5 * pred_w
@@ -80,8 +102,8 @@ def encode(boxes: Tensor, gt_boxes: Tensor, weights: Sequence[float] = (1.0, 1.0
         (
             wx * (gt_cx - ex_cx) / ex_w,
             wy * (gt_cy - ex_cy) / ex_h,
-            ww * torch.log(gt_w / ex_w),
-            wh * torch.log(gt_h / ex_h),
+            ww * log(gt_w / ex_w),
+            wh * log(gt_h / ex_h),
         ),
         dim=1,
     )
@@ -95,6 +117,8 @@ def clip_tiled(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> 
     """
     out = torch.empty_like(boxes)
     zero = _scalar(0.0, boxes)
+    height = height if isinstance(height, Tensor) else _scalar(height, boxes)
+    width = width if isinstance(width, Tensor) else _scalar(width, boxes)
     out[:, 0::4] = torch.maximum(torch.minimum(boxes[:, 0::4], width - 1), zero)
     out[:, 1::4] = torch.maximum(torch.minimum(boxes[:, 1::4], height - 1), zero)
     out[:, 2::4] = torch.maximum(torch.minimum(boxes[:, 2::4], width - 1), zero)
@@ -103,13 +127,20 @@ def clip_tiled(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> 
 
 
 def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU matrix (N, M) with ``+1`` widths (``cython_bbox.bbox_overlaps``)."""
-    area_a = boxes_area(a)
-    area_b = boxes_area(b)
-    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]) + 1).clamp(min=0)
-    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]) + 1).clamp(min=0)
+    """IoU matrix (N, M) with ``+1`` widths, as compiled ``cython_bbox.bbox_overlaps``.
+
+    Cython emits the literal ``1`` of ``x2 - x1 + 1`` as ``1.0``, so box areas and
+    the union are formed in float64 and rounded once to float32; the
+    intersection and the final division stay float32.
+    """
+    f64 = torch.float64
+    area_a = (a[:, 2] - a[:, 0]).to(f64).add_(1) * (a[:, 3] - a[:, 1]).to(f64).add_(1)
+    area_b = ((b[:, 2] - b[:, 0]).to(f64).add_(1) * (b[:, 3] - b[:, 1]).to(f64).add_(1)).to(a.dtype)
+    iw = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]) + 1
+    ih = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]) + 1
     inter = iw * ih
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    union = (area_a[:, None] + area_b[None, :].to(f64) - inter.to(f64)).to(a.dtype)
+    return torch.where((iw > 0) & (ih > 0), inter / union, torch.zeros_like(inter))
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
