@@ -1,0 +1,162 @@
+"""HTML result tables in the layout of Detectron.pytorch's BENCHMARK.md, and the
+generator of this project's ``BENCHMARK.md``.
+
+``BENCHMARK.md`` is never edited by hand: it is rendered from Detectron's published rows
+(:mod:`parity.reference`) plus the runs recorded in a JSON data block at the end of the
+file. ``parity benchmark-md --add RUN`` records a run there and re-renders everything, so
+the numbers in the tables always come from ``metrics.json`` files at full precision.
+
+Table layout follows Detectron.pytorch (one ``<table>`` per type, a title row, a header
+row, one row per source, several trials of one source allowed) with three fixes to its
+markup: ``colspan`` equals the real column count (11 for keypoints, not 13),
+``</tbody></table>`` closes in order, and the keypoint recall columns are named for what
+COCOeval reports there (AR50:95, AR50, AR75 at 20 detections, not AR1/AR10/AR100).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from parity.compare import Row, reference_row
+from parity.fileio import InputError, PathLike, atomic_write_text
+from parity.metrics import Metrics
+from parity.records import IOU_TYPES
+from parity.reference import DETECTRON_MODEL_ZOO, MODELS, resolve_model
+
+TITLES = {"bbox": "Box", "segm": "Mask", "keypoints": "Keypoint"}
+HEADERS = {
+    "bbox": ("AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "segm": ("AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "keypoints": ("AP50:95", "AP50", "AP75", "APm", "APl", "AR50:95", "AR50", "AR75", "ARm", "ARl"),
+}
+SECTIONS = (("Faster R-CNN", "e2e_faster_rcnn_R-50-FPN_1x"), ("Mask R-CNN", "e2e_mask_rcnn_R-50-FPN_1x"),
+            ("Keypoint R-CNN", "e2e_keypoint_rcnn_R-50-FPN_1x"))
+_DATA_RE = re.compile(r"<!-- benchmark-md data\n(.*?)\n-->\n?\Z", re.S)
+
+
+def html_table(iou_type: str, rows: Sequence[Row]) -> str:
+    """One BENCHMARK.md table: title, header and one row per source (percent, 1 d.p.)."""
+    headers = HEADERS[iou_type]
+    out = ["<table><tbody>", f'<tr><th colspan="{len(headers) + 1}" bgcolor=#f8f8f8>{TITLES[iou_type]}</th></tr>',
+           "<tr>", "<th>source</th>", *(f"<th>{h}</th>" for h in headers), "</tr>"]
+    for row in rows:
+        values = row.values.get(iou_type, (None,) * len(headers))
+        out += ["<tr>", f"<th bgcolor=white>{row.label}</th>",
+                *(f'<td align="right" bgcolor=white>{"-" if v is None else f"{v:.1f}"}</td>' for v in values), "</tr>"]
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def comparison_tables(rows: Sequence[Row], iou_types: Sequence[str]) -> str:
+    """The tables of several types, blank-line separated (what ``compare`` prints)."""
+    return "\n\n".join(html_table(t, rows) for t in iou_types)
+
+
+def run_entry(row: Row, model: str) -> dict[str, Any]:
+    """The JSON record of one run in the data block (stats as fractions, full precision)."""
+    if row.metrics is None:
+        raise InputError(f"row {row.label!r} is not a run")
+    entry: dict[str, Any] = {"model": model, "label": row.label, "weights_source": row.weights_source}
+    entry.update({t: list(s.stats) for t, s in row.metrics.by_type().items()})
+    entry["provenance"] = row.provenance
+    return entry
+
+
+def _entry_row(entry: dict[str, Any]) -> Row:
+    metrics = Metrics.from_dict({t: {"stats": entry[t]} for t in IOU_TYPES if t in entry} |
+                                {"provenance": {**entry.get("provenance", {}), "weights_source": entry["weights_source"]}},
+                                f"BENCHMARK.md run {entry.get('label')!r}")
+    return Row.from_metrics(entry["label"], metrics)
+
+
+def read_data(path: PathLike) -> dict[str, Any]:
+    """The data block of an existing BENCHMARK.md (empty data when the file is absent)."""
+    path = Path(path)
+    if not path.exists():
+        return {"runs": [], "figures": {}}
+    match = _DATA_RE.search(path.read_text(encoding="utf-8"))
+    if match is None:
+        raise InputError(f"{path}: no benchmark-md data block at the end; refusing to overwrite a hand-written file")
+    try:
+        data = json.loads(match.group(1))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: benchmark-md data block is not valid JSON ({e.msg})") from None
+    return {"runs": list(data.get("runs", [])), "figures": dict(data.get("figures", {}))}
+
+
+def render(data: dict[str, Any]) -> str:
+    """The whole BENCHMARK.md text for ``data`` (runs and figures)."""
+    parts = [_HEADER.format(zoo=DETECTRON_MODEL_ZOO)]
+    for title, model in SECTIONS:
+        ref = MODELS[model]
+        runs = [_entry_row(e) for e in data["runs"] if e["model"] == model]
+        rows = runs + [reference_row(model)]
+        parts.append(f"## {title}\n\n### {model}\n\nDetectron model id {ref.model_id}.\n")
+        parts.append(comparison_tables(rows, [t for t in IOU_TYPES if t in ref.stats]) + "\n")
+        notes = [f"- `{r.label}`: {_describe(r)}" for r in runs]
+        if notes:
+            parts.append("Runs:\n\n" + "\n".join(notes) + "\n")
+        figure = data["figures"].get(model)
+        if figure:
+            parts.append(f"- Total loss comparison:\n\n  ![img]({figure})\n")
+    block = json.dumps({"runs": data["runs"], "figures": data["figures"]}, indent=1, sort_keys=True)
+    parts.append(f"<!-- benchmark-md data\n{block}\n-->\n")
+    return "\n".join(parts)
+
+
+def _describe(row: Row) -> str:
+    keys = ("weights", "dataset", "backend", "git_commit", "date")
+    details = [f"{k} {row.provenance[k]}" for k in keys if row.provenance.get(k)]
+    return ", ".join([f"{row.weights_source} weights"] + details)
+
+
+def add_runs(data: dict[str, Any], rows: Sequence[Row], model: str | None = None) -> dict[str, Any]:
+    """``data`` with ``rows`` appended; each row's model is ``model``, else its provenance."""
+    runs = list(data["runs"])
+    for row in rows:
+        name = resolve_model(model) if model else row.model
+        if name is None:
+            raise InputError(f"run {row.label!r}: no model in its provenance; pass --model")
+        runs.append(run_entry(row, name))
+    return {"runs": runs, "figures": dict(data["figures"])}
+
+
+def remove_runs(data: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """``data`` without the runs labelled ``labels`` (every trial with that label)."""
+    missing = [lab for lab in labels if not any(e["label"] == lab for e in data["runs"])]
+    if missing:
+        raise InputError(f"no run labelled {missing[0]!r} in BENCHMARK.md")
+    return {"runs": [e for e in data["runs"] if e["label"] not in labels], "figures": dict(data["figures"])}
+
+
+def write(path: PathLike, data: dict[str, Any]) -> None:
+    """Render ``data`` into ``path`` atomically."""
+    atomic_write_text(path, render(data))
+
+
+_HEADER = """# Benchmark results
+
+<!-- Generated by `python -m parity benchmark-md`. Do not edit by hand: edits are lost. -->
+
+This file is generated. Its tables are rendered from Detectron's published numbers (built
+into `parity/reference.py`) and from the runs recorded in the data block at the end of
+this file, which hold every `metrics.json` at full precision.
+
+    python -m parity benchmark-md --add [NAME=]outputs/RUN/metrics.json [--model mask]
+    python -m parity benchmark-md --remove NAME
+    python -m parity benchmark-md --figure mask=docs/loss_cmp_mask.png   # from `parity losses`
+    python -m parity benchmark-md --check    # exit 1 when the file is not what the data renders to
+
+- Scores are pycocotools `COCOeval.stats` with default parameters, in percent, rounded to
+  one decimal; `-` means not available. Evaluation set: COCO 2017 val (= Detectron's
+  `coco_2014_minival`). Box, Mask: 12 stats; Keypoint: 10 (AR50:95, AR50, AR75 are at 20
+  detections per image).
+- `Detectron` rows: the published results of the model-zoo weights, all stats from the
+  Detectron rows of Detectron.pytorch's BENCHMARK.md (commit ab028df7); the AP columns agree
+  with {zoo}.
+- `python -m parity compare RUN --reference detectron` prints the same tables with
+  per-metric deltas and a pass/fail verdict (0.1 AP for zoo weights, 1.0 for scratch runs).
+"""

@@ -1,0 +1,95 @@
+"""``metrics.json``: the one file a test run leaves for ``parity compare`` to read.
+
+Schema (every key optional except that at least one of the three types is present)::
+
+    {
+      "bbox":      {"names": ["AP", "AP50", ..., "ARl"], "stats": [12 floats]},
+      "segm":      {"names": [...12...], "stats": [12 floats]},
+      "keypoints": {"names": ["AP", ..., "ARl"],  "stats": [10 floats]},
+      "provenance": {...}
+    }
+
+``names`` must be exactly :data:`parity.evaluate.STAT_NAMES` for the type, ``stats`` are
+``COCOeval.stats`` at full float precision. ``provenance`` is free-form JSON; the keys the
+parity tools read are listed in :data:`PROVENANCE_KEYS`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from parity.evaluate import STAT_NAMES, Stats
+from parity.fileio import InputError, PathLike, atomic_write_json, load_json
+from parity.records import IOU_TYPES
+
+PROVENANCE_KEYS = {
+    "label": "row name in comparison tables (default: the run's directory name)",
+    "model": "Detectron config name, e.g. e2e_mask_rcnn_R-50-FPN_1x (selects the reference rows)",
+    "weights_source": "'zoo' (converted Detectron weights) or 'scratch' (trained here): picks the tolerance",
+    "weights": "path or URL of the weights evaluated",
+    "dataset": "evaluation dataset name, e.g. coco_2017_val",
+    "backend": "evaluation backend (pycocotools or faster-coco-eval)",
+}
+
+
+@dataclass
+class Metrics:
+    """Evaluation results of one run, by type, plus free-form provenance."""
+
+    bbox: Stats | None = None
+    segm: Stats | None = None
+    keypoints: Stats | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def by_type(self) -> dict[str, Stats]:
+        """The types present, in bbox/segm/keypoints order."""
+        return {t: getattr(self, t) for t in IOU_TYPES if getattr(self, t) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            t: {"names": list(s.names), "stats": list(s.stats)} for t, s in self.by_type().items()
+        }
+        out["provenance"] = self.provenance
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "metrics") -> Metrics:
+        """Parse and check the schema above; raise :class:`InputError` naming the key."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"{source}: metrics must be a JSON object")
+        unknown = set(data) - set(IOU_TYPES) - {"provenance"}
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {sorted(unknown)} (expected bbox, segm, keypoints, provenance)")
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, Mapping):
+            raise InputError(f"{source}: 'provenance' must be a JSON object")
+        stats = {t: _parse_stats(data[t], t, source) for t in IOU_TYPES if t in data}
+        if not stats:
+            raise InputError(f"{source}: no bbox, segm or keypoints results")
+        return cls(provenance=dict(provenance), **stats)
+
+
+def _parse_stats(entry: Any, iou_type: str, source: str) -> Stats:
+    where = f"{source}: {iou_type!r}"
+    if not isinstance(entry, Mapping) or "stats" not in entry:
+        raise InputError(f"{where} must be an object with 'names' and 'stats'")
+    names = entry.get("names", list(STAT_NAMES[iou_type]))
+    if list(names) != list(STAT_NAMES[iou_type]):
+        raise InputError(f"{where} names {list(names)} differ from {list(STAT_NAMES[iou_type])}")
+    values = entry["stats"]
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise InputError(f"{where} 'stats' must be a list of numbers")
+    if len(values) != len(names):
+        raise InputError(f"{where} has {len(values)} stats, expected {len(names)}")
+    return Stats(iou_type, tuple(float(v) for v in values))
+
+
+def load_metrics(path: PathLike) -> Metrics:
+    """Read a ``metrics.json`` file."""
+    return Metrics.from_dict(load_json(path, "metrics file"), str(path))
+
+
+def save_metrics(metrics: Metrics, path: PathLike) -> None:
+    """Write ``metrics.json`` atomically (temporary file + ``os.replace``)."""
+    atomic_write_json(path, metrics.to_dict())
