@@ -117,9 +117,9 @@ def add_runs(data: dict[str, Any], rows: Sequence[Row], model: str | None = None
     """``data`` with ``rows`` appended; each row's model is ``model``, else its provenance."""
     runs = list(data["runs"])
     for row in rows:
-        name = resolve_model(model) if model else row.model
-        if name is None:
+        if not (model or row.model):
             raise InputError(f"run {row.label!r}: no model in its provenance; pass --model")
+        name = resolve_model(model or row.model)
         runs.append(run_entry(row, name))
     return {"runs": runs, "figures": dict(data["figures"])}
 

@@ -16,7 +16,7 @@ from parity.evaluate import STAT_NAMES, evaluate
 from parity.fileio import InputError, load_json
 from parity.metrics import Metrics
 from parity.records import IOU_TYPES, infer_iou_types, load_gt
-from parity.reference import MODELS, model_for_types, resolve_model
+from parity.reference import MODELS, config_stem, model_for_types, resolve_model
 
 ZOO_TOLERANCE = 0.1  # AP points: converted zoo weights must reproduce the published numbers
 SCRATCH_TOLERANCE = 1.0  # AP points: trained-here runs (Detectron.pytorch's keypoint trials differ by ~1.3)
@@ -30,7 +30,7 @@ class Row:
     values: dict[str, tuple[float | None, ...]]
     weights_source: str = "zoo"  # 'zoo', 'scratch' or 'reference'
     published: bool = False  # values are published, rounded to one decimal
-    model: str | None = None
+    model: str | None = None  # config name from provenance (need not have published numbers)
     provenance: dict = field(default_factory=dict)
     metrics: Metrics | None = None  # the full-precision source of a run's values
 
@@ -39,7 +39,7 @@ class Row:
         """Percent values of a run; COCOeval's -1 (no object in range) becomes ``None``."""
         values = {t: tuple(None if v == -1 else 100.0 * v for v in s.stats) for t, s in metrics.by_type().items()}
         prov = metrics.provenance
-        model = resolve_model(prov["model"]) if prov.get("model") else None
+        model = config_stem(str(prov["model"])) if prov.get("model") else None
         source = prov.get("weights_source", "zoo")
         if source not in ("zoo", "scratch"):
             raise InputError(f"{label}: provenance weights_source must be 'zoo' or 'scratch', got {source!r}")
@@ -167,7 +167,7 @@ def pick_model(runs: Sequence[Row], model: str | None) -> str:
     if len(named) > 1:
         raise InputError(f"runs are of different models {sorted(named)}; compare one model at a time")
     if named:
-        return named.pop()
+        return resolve_model(named.pop())
     return model_for_types({t for r in runs for t in r.values})
 
 

@@ -68,15 +68,22 @@ _ALIASES = {"faster": "e2e_faster_rcnn_R-50-FPN_1x", "mask": "e2e_mask_rcnn_R-50
             "keypoint": "e2e_keypoint_rcnn_R-50-FPN_1x", "keypoints": "e2e_keypoint_rcnn_R-50-FPN_1x"}
 
 
-def resolve_model(name: str) -> str:
-    """Canonical model name from an alias (faster/mask/keypoint), a config name or a
-    config path such as ``configs/12_2017_baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml``."""
+def config_stem(name: str) -> str:
+    """``e2e_mask_rcnn_R-50-FPN_1x`` from a config name or path (``.yaml``/``.yml``)."""
     stem = name.replace("\\", "/").rsplit("/", 1)[-1]
     for suffix in (".yaml", ".yml"):
         stem = stem.removesuffix(suffix)
+    return stem
+
+
+def resolve_model(name: str) -> str:
+    """Canonical name of a model with published numbers, from an alias
+    (faster/mask/keypoint), a config name or a config path such as
+    ``configs/12_2017_baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml``."""
+    stem = config_stem(name)
     stem = _ALIASES.get(stem, stem)
     if stem not in MODELS:
-        raise InputError(f"unknown model {name!r} (expected one of {', '.join(list(_ALIASES)[:3] + list(MODELS))})")
+        raise InputError(f"no published reference for model {name!r} (known: {', '.join(list(_ALIASES)[:3] + list(MODELS))})")
     return stem
 
 
