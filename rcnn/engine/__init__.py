@@ -1,0 +1,1 @@
+"""Running models end to end: loading weights, testing on datasets (training later)."""

@@ -1,0 +1,221 @@
+"""Detection on a COCO-format dataset, Detectron's result files, and COCO evaluation.
+
+``tools/test_net.py`` is a thin CLI over ``run_test``. Images are processed in
+ascending id order (Detectron's), in batches of images that share a blob size.
+
+Resumable: each process appends one JSON line per finished image to
+``partial/detections.rank<r>.jsonl`` (flushed per batch); ``resume=True`` reads
+every such file, skips the images already done and finishes the rest. A line cut
+short by a kill is discarded. Floats are written with full float32 precision, so
+a resumed run produces the same files as an uninterrupted one.
+
+Distributed (``torchrun``): the images still to do are split round-robin over
+ranks; rank 0 waits for all, merges every rank's lines and writes the same files a
+single process would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from parity.evaluate import evaluate
+from parity.fileio import atomic_write_json
+from parity.metrics import Metrics, save_metrics
+from rcnn.config import cfg_to_yaml
+from rcnn.data.datasets import COCODataset
+from rcnn.data.preprocess import read_image
+from rcnn.engine.weights import WeightsInfo
+from rcnn.inference.coco_results import coco_records
+from rcnn.inference.detector import Detector, ImageDetections
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILES = {"bbox": "bbox_{}_results.json", "segm": "segmentations_{}_results.json",
+                "keypoints": "keypoints_{}_results.json"}
+
+
+@dataclass
+class TestSettings:
+    dataset_name: str
+    output_dir: Path
+    batch_size: int = 1
+    limit: int | None = None
+    resume: bool = False
+    backend: str = "pycocotools"
+    progress: bool = True
+
+
+# -- per-image result lines ------------------------------------------------------------------
+def _to_line(image_id: int, d: ImageDetections) -> str:
+    rec = {"image_id": image_id, "height": d.height, "width": d.width,
+           "boxes": d.boxes.tolist(), "scores": d.scores.tolist(), "classes": d.classes.tolist()}
+    if d.masks is not None:
+        rec["masks"] = d.masks
+    if d.keypoints is not None:
+        rec["keypoints"] = d.keypoints.tolist()
+    return json.dumps(rec) + "\n"
+
+
+def _from_record(rec: dict) -> tuple[int, ImageDetections]:
+    n = len(rec["scores"])
+    d = ImageDetections(rec["height"], rec["width"], np.array(rec["boxes"], np.float32).reshape(n, 4),
+                        np.array(rec["scores"], np.float32), np.array(rec["classes"], np.int64))
+    if "masks" in rec:
+        d.masks = rec["masks"]
+    if "keypoints" in rec:
+        d.keypoints = np.array(rec["keypoints"], np.float32).reshape(n, 4, -1)
+    return rec["image_id"], d
+
+
+def _read_lines(path: Path) -> Iterator[dict]:
+    """Complete lines of a partial-results file (a last line cut by a kill is dropped)."""
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                logger.warning("%s: dropping an incomplete last line (interrupted run)", path)
+                break
+            yield json.loads(line)
+
+
+def _open_for_append(path: Path):
+    """Append after the last complete line, cutting off a partial one."""
+    if path.exists():
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(end)
+    return open(path, "a")
+
+
+# -- the run ---------------------------------------------------------------------------------
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence[int], partial_dir: Path,
+                   settings: TestSettings) -> int:
+    """Detect this rank's share of the images not yet in any partial file.
+
+    Returns how many images all ranks together had to do."""
+    rank, world = _dist_info()
+    done = set()
+    for path in sorted(partial_dir.glob("detections.rank*.jsonl")):
+        done.update(rec["image_id"] for rec in _read_lines(path))
+    remaining = [i for i in image_ids if i not in done]
+    todo = remaining[rank::world]
+    if done and rank == 0:
+        logger.info("resuming: %d images already done, %d to go", len(done), len(image_ids) - len(done))
+    bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
+               disable=not settings.progress or rank != 0, dynamic_ncols=True)
+    with _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
+        for start in range(0, len(todo), settings.batch_size):
+            ids = todo[start:start + settings.batch_size]
+            dets = detector([read_image(dataset.image_path(i)) for i in ids])
+            out.write("".join(_to_line(i, d) for i, d in zip(ids, dets)))
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(ids))
+    bar.close()
+    return len(remaining)
+
+
+def _gt_subset(dataset: COCODataset, image_ids: Sequence[int]) -> dict:
+    """The ground truth restricted to the evaluated images (``--limit``)."""
+    full = dataset.coco.dataset
+    keep = set(image_ids)
+    sub = {k: v for k, v in full.items() if k not in ("images", "annotations")}
+    sub["images"] = [im for im in full["images"] if im["id"] in keep]
+    sub["annotations"] = [a for a in full.get("annotations", []) if a["image_id"] in keep]
+    return sub
+
+
+def run_test(cfg, detector: Detector, dataset: COCODataset, weights: WeightsInfo,
+             settings: TestSettings, model_name: str) -> Metrics | None:
+    """Detect, write Detectron's result files and ``metrics.json``; rank 0 returns the metrics."""
+    rank, world = _dist_info()
+    out_dir = Path(settings.output_dir)
+    partial_dir = out_dir / "partial"
+    image_ids = list(dataset.image_ids)
+    if settings.limit is not None:
+        image_ids = image_ids[: settings.limit]
+    if rank == 0:
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        if not settings.resume:
+            for stale in partial_dir.glob("detections.rank*.jsonl"):
+                stale.unlink()
+    _barrier()
+    start = time.perf_counter()
+    processed = detect_dataset(detector, dataset, image_ids, partial_dir, settings)
+    seconds = time.perf_counter() - start
+    _barrier()
+    if rank != 0:
+        return None
+
+    results: dict[int, ImageDetections] = {}
+    for path in sorted(partial_dir.glob("detections.rank*.jsonl")):
+        for rec in _read_lines(path):
+            image_id, d = _from_record(rec)
+            results[image_id] = d
+    missing = [i for i in image_ids if i not in results]
+    if missing:
+        raise RuntimeError(f"{len(missing)} images have no results (first: {missing[:5]})")
+    records = coco_records([(i, results[i]) for i in image_ids], dataset.contiguous_id_to_category_id,
+                           cfg.KRCNN.KEYPOINT_CONFIDENCE)
+    gt = dataset.coco if settings.limit is None else _gt_subset(dataset, image_ids)
+    stats = {}
+    for iou_type, recs in records.items():
+        atomic_write_json(out_dir / RESULT_FILES[iou_type].format(settings.dataset_name), recs)
+        stats[iou_type] = evaluate(gt, recs, iou_type, settings.backend, source=RESULT_FILES[iou_type])
+    metrics = Metrics(**stats, provenance=_provenance(cfg, weights, settings, model_name, len(image_ids),
+                                                      processed, seconds, detector.device, world))
+    save_metrics(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+def _provenance(cfg, weights: WeightsInfo, settings: TestSettings, model_name: str, num_images: int,
+                processed: int, seconds: float, device: torch.device, world: int) -> dict:
+    import cv2
+    import pycocotools
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "label": settings.output_dir.name,
+        "model": model_name,
+        "weights_source": weights.source,
+        "weights": weights.path,
+        "weights_sha256": weights.sha256,
+        "weights_format": weights.format,
+        "dataset": settings.dataset_name,
+        "backend": settings.backend,
+        "images": num_images,
+        "images_this_invocation": processed,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(processed / seconds, 4) if seconds > 0 and processed else None,
+        "device": f"{device.type}: {name}",
+        "processes": world,
+        "batch_size": settings.batch_size,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+                     "opencv": cv2.__version__, "pycocotools": getattr(pycocotools, "__version__", "unknown"),
+                     "python": platform.python_version()},
+        "config": cfg_to_yaml(cfg),
+    }
