@@ -17,7 +17,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from convert.detectron_cfg import parse_detectron_cfg
 from convert.errors import ConvertError
@@ -37,7 +37,7 @@ _EXIT_BAD_INPUT = 2
 class _Parser(argparse.ArgumentParser):
     """Usage errors are bad input too: one line and exit status 2, like every other error."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise ConvertError(message)
 
 
@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="detectron-convert", description="Convert Detectron .pkl weights to and from "
                 "detectron-parity .pt checkpoints, without executing anything from the input file.")
     p.add_argument("src", nargs="?", metavar="IN", help="input file (.pkl, or .pt/.pth)")
-    p.add_argument("dst", nargs="?", metavar="OUT", help="output file (.pt/.pth for a .pkl input, .pkl for a .pt input)")
+    p.add_argument("dst", nargs="?", metavar="OUT",
+                   help="output file (.pt/.pth for a .pkl input, .pkl for a .pt input)")
     p.add_argument("--cfg", metavar="CONFIG", help="Detectron YAML config of the model (.pkl input; "
                    "default: the baseline config of the file's family)")
     p.add_argument("--keep-momentum", action="store_true",

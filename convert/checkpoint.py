@@ -268,7 +268,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not isinstance(cfg_yaml, str) or not isinstance(meta, dict):
         raise ConvertError(f"{name}: malformed checkpoint (cfg_yaml must be text, meta a dict)")
     for what, table in (("state_dict", state), ("extra_blobs", extra)):
-        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in table.items()):
+        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                  for k, v in table.items()):
             raise ConvertError(f"{name}: malformed checkpoint ({what} must map names to tensors)")
     return Checkpoint(state, cfg_yaml, meta, extra)
 

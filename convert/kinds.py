@@ -22,10 +22,11 @@ logger = logging.getLogger(__name__)
 BASELINE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "12_2017_baselines"
 
 _RES4_BLOCK = re.compile(r"^res4_(\d+)_")
-RESNET_CONV_BIAS = re.compile(r"^(conv1|res\d+_\d+_branch(1|2[abc]))_b$")
-IMAGENET_CLASSIFIER = ("fc1000_w", "fc1000_b")
 _DEPTH_BY_RES4_BLOCKS = {6: 50, 23: 101, 36: 152}
 _CONV_BODY = re.compile(r"ResNet(\d+)_conv\d_body$")
+# Unused blobs that Detectron checkpoints inherit from the ImageNet init (reference §1.2, §1.5).
+RESNET_CONV_BIAS = re.compile(r"^(conv1|res\d+_\d+_branch(1|2[abc]))_b$")
+IMAGENET_CLASSIFIER = ("fc1000_w", "fc1000_b")
 _HEAD_PREFIX = {
     ("box",): "faster",
     ("box", "mask"): "mask",

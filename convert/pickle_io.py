@@ -31,10 +31,10 @@ from convert.errors import ConvertError, UnsafePickleError
 
 logger = logging.getLogger(__name__)
 
-try:  # NumPy >= 2 (and the 1.26 forward-compatibility shim)
+try:  # NumPy >= 2
     from numpy._core import multiarray as _multiarray
     from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - NumPy < 1.26
+except ImportError:  # NumPy 1.x
     from numpy.core import multiarray as _multiarray
     from numpy.core import numeric as _numeric
 

@@ -130,7 +130,8 @@ def imagenet(files, tmp_path_factory) -> Path:
     source = files["faster"]
     backbone = {b: a for b, a in source.params.items() if re.match(r"^(conv1|res_conv1|res\d)_", b)}
     path = tmp_path_factory.mktemp("imagenet") / "R-50.pkl"
-    write_detectron_pkl(path, {**backbone, **source.preserved}, None, unicode_keys=set(backbone) | set(source.preserved))
+    blobs = {**backbone, **source.preserved}
+    write_detectron_pkl(path, blobs, None, unicode_keys=set(blobs))
     return path
 
 
@@ -357,7 +358,8 @@ def test_imagenet_backbone_is_not_a_detector(imagenet, files, tmp_path):
     # ... but it initialises the backbone for training when loading is not strict
     report = load_detectron_weights(model, imagenet, strict=False)
     assert (len(report.loaded), len(report.missing), len(report.ignored_preserved)) == (159, 30, 55)
-    assert same_bits(model.state_dict()["backbone.res_conv1_bn.scale"].numpy(), files["faster"].params["res_conv1_bn_s"])
+    scale = model.state_dict()["backbone.res_conv1_bn.scale"].numpy()
+    assert same_bits(scale, files["faster"].params["res_conv1_bn_s"])
 
 
 def test_c4_file_needs_a_c4_config(c4_file, tmp_path):
@@ -553,6 +555,17 @@ def test_cli_wrong_family_in_process(c4_file, tmp_path, capsys):
                           "classes (config family e2e_faster_rcnn_R-50-C4), the config builds a Faster R-CNN detector, "
                           "R-50-FPN, 81 classes; it needs a Detectron config of family e2e_faster_rcnn_R-50-C4.")
     assert files_in(tmp_path) == []
+
+
+def test_cli_refuses_foreign_checkpoint_in_process(tmp_path, capsys):
+    from convert.__main__ import main
+
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "model": Foreign()}, tmp_path / "foreign.pt")
+    assert main([str(tmp_path / "foreign.pt"), str(tmp_path / "out.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(r"error: refusing to load .*foreign.pt: it holds the Python object "
+                                              r"\S*Foreign, not only tensors, numbers and strings", err)
+    assert files_in(tmp_path) == ["foreign.pt"]
 
 
 def test_console_script_is_installed():
