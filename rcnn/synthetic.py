@@ -110,3 +110,50 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
 
     dets = Detector(model, cfg)([image])[0]
     logger.info("calibrated on one image: %d detections over %d classes", len(dets), len(np.unique(dets.classes)))
+
+
+def synthetic_detectron_blobs(model: GeneralizedRCNN, seed: int = 0) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Every blob a real Detectron checkpoint of this model holds, from ``model``'s weights.
+
+    Parameters as Python-2 ``str`` keys; ``<param>_momentum`` for the trained parameters
+    and the 55 preserved ImageNet blobs (zero conv biases, ``fc1000_*``) as ``unicode``
+    keys, as Detectron wrote them (reference §1.4, §1.6). Returns (blobs, unicode keys).
+    """
+    from convert.checkpoint import momentum_blob_names, preserved_imagenet_shapes
+    from rcnn.naming import key_to_blob
+
+    blobs = {key_to_blob(k): v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(seed)
+    extra: dict[str, np.ndarray] = {}
+    for name in momentum_blob_names(model):
+        extra[name] = (rng.standard_normal(blobs[name[: -len("_momentum")]].shape) * 1e-4).astype(np.float32)
+    for name, shape in preserved_imagenet_shapes({b: a.shape for b, a in blobs.items()}).items():
+        extra[name] = (np.zeros(shape, np.float32) if not name.startswith("fc1000")
+                       else (rng.standard_normal(shape) * 0.01).astype(np.float32))
+    blobs.update(extra)
+    return blobs, set(extra)
+
+
+def write_synthetic_detectron_pkl(cfg, image: np.ndarray, path: str, seed: int = 0,
+                                  with_extras: bool = True) -> GeneralizedRCNN:
+    """Calibrate a model on ``image`` and save it as a Detectron ``model_final.pkl`` would be.
+
+    Written with the project's Python-2-compatible pickle writer, embedding a Detectron-style
+    tagged cfg YAML (the December-2017 layout of the model-zoo files). ``with_extras``
+    adds the momentum and preserved ImageNet blobs real files carry (about doubling the
+    size). Returns the model.
+    """
+    from convert.detectron_cfg import dump_detectron_cfg
+    from convert.pickle_io import write_detectron_pkl
+    from rcnn.modeling import build_model
+    from rcnn.naming import key_to_blob
+
+    model = build_model(cfg)
+    calibrate(model, cfg, image, seed)
+    if with_extras:
+        blobs, unicode_keys = synthetic_detectron_blobs(model, seed)
+    else:
+        blobs = {key_to_blob(k): v.numpy() for k, v in model.state_dict().items()}
+        unicode_keys = set()
+    write_detectron_pkl(path, blobs, dump_detectron_cfg(cfg), unicode_keys=unicode_keys)
+    return model

@@ -26,3 +26,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def synthetic_pkls(shared_data, tmp_path_factory) -> dict:
+    """Calibrated Detectron-format .pkl files for the three models (Mask R-CNN's with
+    momentum and preserved blobs, like a real model_final.pkl)."""
+    from tests.models import make_pkl
+
+    out = tmp_path_factory.mktemp("synthetic_pkls")
+    return {kind: make_pkl(kind, shared_data, out, with_extras=(kind == "mask"))
+            for kind in ("faster", "mask", "keypoint")}
