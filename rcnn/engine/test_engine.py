@@ -126,7 +126,7 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
         logger.info("resuming: %d images already done, %d to go", len(done), len(image_ids) - len(done))
     bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
                disable=not settings.progress or rank != 0, dynamic_ncols=True)
-    with _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
+    with bar, _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
         for start in range(0, len(todo), settings.batch_size):
             ids = todo[start:start + settings.batch_size]
             dets = detector([read_image(dataset.image_path(i)) for i in ids])
@@ -134,7 +134,6 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
             out.flush()
             os.fsync(out.fileno())
             bar.update(len(ids))
-    bar.close()
     return len(remaining)
 
 
@@ -213,6 +212,7 @@ def _provenance(cfg, weights: WeightsInfo, settings: TestSettings, model_name: s
         "images_per_second": round(processed / seconds, 4) if seconds > 0 and processed else None,
         "device": f"{device.type}: {name}",
         "processes": world,
+        "threads_per_process": torch.get_num_threads(),
         "batch_size": settings.batch_size,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
                      "opencv": cv2.__version__, "pycocotools": getattr(pycocotools, "__version__", "unknown"),
