@@ -92,7 +92,7 @@ def make_dataset(out: Path, num_images: int = 4, seed: int = 0) -> tuple[Path, P
 
 def table(rows: list[tuple[str, str, tuple, tuple]]) -> str:
     """Plain-text COCO table; -1 (no ground truth in that area range) shows as n/a."""
-    width = max(len(r[0]) for r in rows) + 2
+    width = max(len("model"), *(len(r[0]) for r in rows)) + 2
     lines, header = [], None
     for model, iou_type, names, stats in rows:
         if names != header:
