@@ -148,3 +148,44 @@ def test_wrong_model_family_exits_2(shared_data, synthetic_pkls, tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "keypoint" in last.lower()
+
+
+def _eval_only(shared_data, tmp_path, kind, gt, dets, opts=()):
+    out = tmp_path / "reval"
+    out.mkdir()
+    prefixes = {"bbox": "bbox", "segm": "segmentations", "keypoints": "keypoints"}
+    for iou_type, path in dets.items():
+        shutil.copy(path, out / f"{prefixes[iou_type]}_{gt.stem}_results.json")
+    args = ["--cfg", str(CONFIGS[kind]), "--json", str(gt), "--images", str(tmp_path), "--output_dir", str(out),
+            "--eval_only"]
+    if opts:
+        args += ["--set", *opts]
+    return _run(args, check=False), out
+
+
+@pytest.mark.parametrize("fixture,kind,gt,dets,opts", [
+    ("cocoapi-fake-eval", "mask", "instances_val2014_100.json",
+     {"bbox": "instances_val2014_fakebbox100_results.json", "segm": "instances_val2014_fakesegm100_results.json"}, ()),
+    ("d2-coco-eval-2img", "mask", "gt.json", {"bbox": "dt.json", "segm": "dt.json"}, ("MODEL.NUM_CLASSES", "3")),
+    ("kp-one-image-139099", "keypoint", "gt_dataset.json", {"keypoints": "dt_dataset.json"}, ()),
+])
+def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, shared_data, tmp_path):
+    folder = shared_data / fixture
+    expected = json.loads((folder / "expected_stats.json").read_text())["stats"]
+    proc, out = _eval_only(shared_data, tmp_path, kind, folder / gt, {t: folder / f for t, f in dets.items()}, opts)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = load_metrics(out / "metrics.json")
+    for iou_type in dets:
+        assert list(metrics.by_type()[iou_type].stats) == expected[iou_type]
+
+
+def test_results_for_images_not_in_gt_exit_2(shared_data, tmp_path):
+    folder = shared_data / "d2-coco-eval-2img"
+    bad = json.loads((folder / "dt.json").read_text())
+    bad[0]["image_id"] = 999999
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    proc, _ = _eval_only(shared_data, tmp_path, "mask", folder / "gt.json", {"bbox": tmp_path / "bad.json"},
+                         ("MODEL.NUM_CLASSES", "3"))
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "999999" in last

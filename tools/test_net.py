@@ -6,7 +6,7 @@
 
 Writes Detectron's result files (bbox_/segmentations_/keypoints_<dataset>_results.json)
 and metrics.json (all COCO stats plus provenance). ``--resume`` continues an
-interrupted run. Several GPUs or nodes: ``torchrun --nproc_per_node N tools/test_net.py ...``.
+interrupted run; ``--eval_only`` re-scores existing result files (Detectron's reval.py). Several GPUs or nodes: ``torchrun --nproc_per_node N tools/test_net.py ...``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from parity.evaluate import summary_lines
 from rcnn.config import ConfigError, load_cfg
 from rcnn.data.datasets import COCODataset, DatasetError, canonical_dataset_names
 from rcnn.data.preprocess import ImageReadError
-from rcnn.engine.test_engine import TestSettings, run_test
+from rcnn.engine.test_engine import TestSettings, reevaluate, run_test
 from rcnn.engine.weights import DeviceError, load_model, resolve_device
 from rcnn.inference.detector import Detector
 from rcnn.modeling import UnsupportedModelError
@@ -37,7 +37,7 @@ DATASET_ALIASES = {"coco2017": "coco_2017_val", "keypoints_coco2017": "keypoints
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cfg", required=True, help="Detectron YAML config")
-    w = p.add_mutually_exclusive_group(required=True)
+    w = p.add_mutually_exclusive_group()
     w.add_argument("--load_detectron", help="Detectron .pkl weights")
     w.add_argument("--load_ckpt", help="checkpoint written by this project")
     d = p.add_argument_group("dataset: --dataset, or --json with --images")
@@ -52,7 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-size images)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster-coco-eval"])
+    p.add_argument("--eval_only", action="store_true",
+                   help="only evaluate the result files already in --output_dir (no weights needed)")
     args = p.parse_args(argv)
+    if not args.eval_only and not (args.load_detectron or args.load_ckpt):
+        p.error("one of --load_detectron or --load_ckpt is required (or --eval_only)")
     if bool(args.json) != bool(args.images) or bool(args.dataset) == bool(args.json):
         p.error("give --dataset, or both --json and --images")
     if args.limit is not None and args.limit <= 0:
@@ -89,13 +93,16 @@ def main(argv=None) -> int:
         if dataset.num_classes != cfg.MODEL.NUM_CLASSES:
             raise DatasetError(f"dataset {name} has {dataset.num_classes} classes (with background) but the "
                                f"config says MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES}")
-        device = _init_distributed(args.device)
-        model, weights = load_model(cfg, args.load_detectron, args.load_ckpt)
-        detector = Detector(model, cfg, device, args.batch_size)
         model_name = Path(args.cfg).stem
         out_dir = Path(args.output_dir or Path("outputs") / "test" / model_name)
         settings = TestSettings(name, out_dir, args.batch_size, args.limit, args.resume, args.backend)
-        metrics = run_test(cfg, detector, dataset, weights, settings, model_name)
+        if args.eval_only:
+            metrics = reevaluate(cfg, dataset, settings, model_name)
+        else:
+            device = _init_distributed(args.device)
+            model, weights = load_model(cfg, args.load_detectron, args.load_ckpt)
+            metrics = run_test(cfg, Detector(model, cfg, device, args.batch_size), dataset, weights, settings,
+                               model_name)
     except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
             OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from parity.evaluate import evaluate
-from parity.fileio import atomic_write_json
+from parity.fileio import InputError, atomic_write_json
 from parity.metrics import Metrics, save_metrics
 from rcnn.config import cfg_to_yaml
 from rcnn.data.datasets import COCODataset
@@ -190,12 +190,38 @@ def run_test(cfg, detector: Detector, dataset: COCODataset, weights: WeightsInfo
     return metrics
 
 
-def _provenance(cfg, weights: WeightsInfo, settings: TestSettings, model_name: str, num_images: int,
-                processed: int, seconds: float, device: torch.device, world: int) -> dict:
+def reevaluate(cfg, dataset: COCODataset, settings: TestSettings, model_name: str) -> Metrics:
+    """Evaluate the result files already in the output folder (Detectron's ``tools/reval.py``)."""
+    out_dir = Path(settings.output_dir)
+    image_ids = list(dataset.image_ids)
+    if settings.limit is not None:
+        image_ids = image_ids[: settings.limit]
+    gt = dataset.coco if settings.limit is None else _gt_subset(dataset, image_ids)
+    types = ["bbox"] + ["segm"] * cfg.MODEL.MASK_ON + ["keypoints"] * cfg.MODEL.KEYPOINTS_ON
+    paths = {t: out_dir / RESULT_FILES[t].format(settings.dataset_name) for t in types}
+    if not any(p.is_file() for p in paths.values()):
+        raise InputError(f"no result file to evaluate in {out_dir} (looked for {', '.join(p.name for p in paths.values())})")
+    stats = {t: evaluate(gt, p, t, settings.backend) for t, p in paths.items() if p.is_file()}
+    provenance = {"label": out_dir.name, "model": model_name, "dataset": settings.dataset_name,
+                  "backend": settings.backend, "images": len(image_ids), "evaluated": "existing result files",
+                  "versions": _versions(), "config": cfg_to_yaml(cfg)}
+    metrics = Metrics(**stats, provenance=provenance)
+    save_metrics(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+def _versions() -> dict:
     import cv2
     import pycocotools
     import torchvision
 
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__, "pycocotools": getattr(pycocotools, "__version__", "unknown"),
+            "python": platform.python_version()}
+
+
+def _provenance(cfg, weights: WeightsInfo, settings: TestSettings, model_name: str, num_images: int,
+                processed: int, seconds: float, device: torch.device, world: int) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
         "label": settings.output_dir.name,
@@ -214,8 +240,6 @@ def _provenance(cfg, weights: WeightsInfo, settings: TestSettings, model_name: s
         "processes": world,
         "threads_per_process": torch.get_num_threads(),
         "batch_size": settings.batch_size,
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-                     "opencv": cv2.__version__, "pycocotools": getattr(pycocotools, "__version__", "unknown"),
-                     "python": platform.python_version()},
+        "versions": _versions(),
         "config": cfg_to_yaml(cfg),
     }
