@@ -96,17 +96,19 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
     _calibrate_once(box.fc7, _fit_layer(0.0, 1.0))
     _calibrate_once(box.cls_score, _fit_layer(cls_mean, 1.0))
     _calibrate_once(box.bbox_pred, _fit_layer(0.0, 1.0))
+    # Mask/keypoint heads: unit-std hidden layers, logits with std 2 (masks and
+    # heatmap maxima well defined, no ties).
+    heads = []
     if cfg.MODEL.MASK_ON:
-        head = model.mask_head
-        for n in head.conv_names:
-            _calibrate_once(getattr(head, n), _fit_layer(0.0, 1.0))
-        _calibrate_once(head.conv5_mask, _fit_layer(0.0, 1.0))
-        _calibrate_once(head.mask_fcn_logits, _fit_layer(0.0, 2.0))
+        m = model.mask_head
+        heads.append(([getattr(m, n) for n in m.conv_names] + [m.conv5_mask], m.mask_fcn_logits))
     if cfg.MODEL.KEYPOINTS_ON:
-        head = model.keypoint_head
-        for n in head.conv_names:
-            _calibrate_once(getattr(head, n), _fit_layer(0.0, 1.0))
-        _calibrate_once(head.kps_score_lowres, _fit_layer(0.0, 2.0))
+        k = model.keypoint_head
+        heads.append(([getattr(k, n) for n in k.conv_names], k.kps_score_lowres))
+    for hidden, logits in heads:
+        for layer in hidden:
+            _calibrate_once(layer, _fit_layer(0.0, 1.0))
+        _calibrate_once(logits, _fit_layer(0.0, 2.0))
 
     dets = Detector(model, cfg)([image])[0]
     logger.info("calibrated on one image: %d detections over %d classes", len(dets), len(np.unique(dets.classes)))

@@ -47,13 +47,14 @@ def cell_anchors(stride: int, sizes: Sequence[float], aspect_ratios: Sequence[fl
 
 
 @lru_cache(maxsize=64)
-def _grid_anchors_cpu(stride: int, sizes: tuple, aspect_ratios: tuple, height: int, width: int) -> Tensor:
+def _grid_anchors(stride: int, sizes: tuple, aspect_ratios: tuple, height: int, width: int,
+                  device: torch.device) -> Tensor:
     cell = torch.from_numpy(cell_anchors(stride, sizes, aspect_ratios)).to(torch.float32)
     shift_x = torch.arange(width, dtype=torch.float32) * stride
     shift_y = torch.arange(height, dtype=torch.float32) * stride
     sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
     shifts = torch.stack((sx.reshape(-1), sy.reshape(-1), sx.reshape(-1), sy.reshape(-1)), dim=1)
-    return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4)
+    return (shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4).to(device)
 
 
 def grid_anchors(
@@ -67,7 +68,8 @@ def grid_anchors(
     """All anchors of an (H, W) feature map, float32 (H * W * A, 4).
 
     Row ``(y * W + x) * A + a`` is cell anchor ``a`` shifted by ``(x, y) * stride``:
-    the order in which Detectron flattens RPN scores and deltas.
+    the order in which Detectron flattens RPN scores and deltas. Cached per shape and
+    device (callers must not modify the result).
     """
-    anchors = _grid_anchors_cpu(int(stride), tuple(sizes), tuple(aspect_ratios), int(height), int(width))
-    return anchors.to(device)
+    return _grid_anchors(int(stride), tuple(sizes), tuple(aspect_ratios), int(height), int(width),
+                         torch.device(device))
