@@ -53,10 +53,19 @@ def _empty_bytes(*args: Any) -> bytes:
     return b""
 
 
+def _plain_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` restricted to numbers, booleans and byte strings: an object dtype would
+    let array contents be arbitrary Python objects."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject or dtype.kind not in "biufcSU":
+        raise pickle.UnpicklingError(f"dtype {dtype} is not a plain numeric dtype")
+    return dtype
+
+
 def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any] | type]:
     table: dict[tuple[str, str], Callable[..., Any] | type] = {
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _plain_dtype,
         ("_codecs", "encode"): _codecs_encode,
         ("__builtin__", "bytes"): _empty_bytes,
         ("builtins", "bytes"): _empty_bytes,
