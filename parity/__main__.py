@@ -13,7 +13,7 @@ from pathlib import Path
 
 from parity import benchmark_md, compare, losses, match
 from parity.evaluate import BACKENDS, evaluate, summary_lines
-from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path
+from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json
 from parity.records import IOU_TYPES
 from parity.reference import resolve_model
 
@@ -87,6 +87,9 @@ def _cmd_benchmark_md(args: argparse.Namespace) -> int:
     if args.add:
         rows = [compare.load_run(spec, args.ann, args.backend, progress=True) for spec in args.add]
         data = benchmark_md.add_runs(data, rows, args.model)
+    for spec in args.add_speed or []:
+        label, sep, path = spec.rpartition("=")
+        data = benchmark_md.add_speed(data, load_json(path, "benchmark result"), label or Path(path).stem, path)
     for spec in args.figure or []:
         model, sep, path = spec.partition("=")
         if not sep:
@@ -170,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", nargs="+", metavar="LABEL", help="drop the runs with these labels")
     p.add_argument("--figure", action="append", metavar="MODEL=PATH",
                    help="loss plot shown under a model's tables (empty PATH removes it)")
+    p.add_argument("--add-speed", nargs="+", metavar="BENCH", help="record tools/benchmark.py --json results ([LABEL=]FILE)")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs from its rendering")
     p.set_defaults(func=_cmd_benchmark_md)
     return parser

@@ -76,7 +76,7 @@ def read_data(path: PathLike) -> dict[str, Any]:
     """The data block of an existing BENCHMARK.md (empty data when the file is absent)."""
     path = Path(path)
     if not path.exists():
-        return {"runs": [], "figures": {}}
+        return {"runs": [], "figures": {}, "speed": []}
     match = _DATA_RE.search(path.read_text(encoding="utf-8"))
     if match is None:
         raise InputError(f"{path}: no benchmark-md data block at the end; refusing to overwrite a hand-written file")
@@ -84,7 +84,8 @@ def read_data(path: PathLike) -> dict[str, Any]:
         data = json.loads(match.group(1))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: benchmark-md data block is not valid JSON ({e.msg})") from None
-    return {"runs": list(data.get("runs", [])), "figures": dict(data.get("figures", {}))}
+    return {"runs": list(data.get("runs", [])), "figures": dict(data.get("figures", {})),
+            "speed": list(data.get("speed", []))}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -102,7 +103,10 @@ def render(data: dict[str, Any]) -> str:
         figure = data["figures"].get(model)
         if figure:
             parts.append(f"- Total loss comparison:\n\n  ![img]({figure})\n")
-    block = json.dumps({"runs": data["runs"], "figures": data["figures"]}, indent=1, sort_keys=True)
+    if data.get("speed"):
+        parts.append(speed_section(data["speed"]))
+    block = json.dumps({k: data[k] for k in ("runs", "figures", "speed") if k != "speed" or data.get("speed")},
+                       indent=1, sort_keys=True)
     parts.append(f"<!-- benchmark-md data\n{block}\n-->\n")
     return "\n".join(parts)
 
@@ -121,7 +125,7 @@ def add_runs(data: dict[str, Any], rows: Sequence[Row], model: str | None = None
             raise InputError(f"run {row.label!r}: no model in its provenance; pass --model")
         name = resolve_model(model or row.model)
         runs.append(run_entry(row, name))
-    return {"runs": runs, "figures": dict(data["figures"])}
+    return {**data, "runs": runs}
 
 
 def remove_runs(data: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
@@ -129,7 +133,38 @@ def remove_runs(data: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
     missing = [lab for lab in labels if not any(e["label"] == lab for e in data["runs"])]
     if missing:
         raise InputError(f"no run labelled {missing[0]!r} in BENCHMARK.md")
-    return {"runs": [e for e in data["runs"] if e["label"] not in labels], "figures": dict(data["figures"])}
+    return {**data, "runs": [e for e in data["runs"] if e["label"] not in labels]}
+
+
+_SPEED_ROW_KEYS = ("model", "ours_s_per_img", "torchvision_s_per_img")
+
+
+def add_speed(data: dict[str, Any], bench: Any, label: str, source: str) -> dict[str, Any]:
+    """``data`` with one ``tools/benchmark.py --json`` measurement appended under ``label``."""
+    if not isinstance(bench, dict) or not isinstance(bench.get("rows"), list) or not bench["rows"]:
+        raise InputError(f"{source}: not a tools/benchmark.py result (no 'rows')")
+    for row in bench["rows"]:
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), (str, int, float)) for k in _SPEED_ROW_KEYS):
+            raise InputError(f"{source}: every row needs {', '.join(_SPEED_ROW_KEYS)}")
+    return {**data, "speed": list(data.get("speed", [])) + [{"label": label, **bench}]}
+
+
+def speed_section(entries: Sequence[dict[str, Any]]) -> str:
+    """Inference speed, ours vs torchvision, one line per model and measurement."""
+    lines = ["## Inference speed", "",
+             "Measured by `tools/benchmark.py` (same images, same run, same machine; both pipelines from",
+             "decoded uint8 images to pasted masks / decoded keypoints, 100 detections per image).",
+             "Only ratios within one measurement are comparable.", "",
+             "| measurement | device | threads | torch | input | batch | model | ours s/img | torchvision s/img | ours faster by |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        size = "x".join(str(v) for v in e.get("size", [])) or "-"
+        for row in e["rows"]:
+            lines.append(f"| {e['label']} | {e.get('device', '-')}{' tf32' if e.get('tf32') else ''} | "
+                         f"{e.get('threads', '-')} | {e.get('torch', '-')} | {size} | {e.get('batch', '-')} | "
+                         f"{row['model']} | {row['ours_s_per_img']:.4f} | {row['torchvision_s_per_img']:.4f} | "
+                         f"{row['torchvision_s_per_img'] / row['ours_s_per_img']:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def write(path: PathLike, data: dict[str, Any]) -> None:

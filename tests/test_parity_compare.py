@@ -165,3 +165,23 @@ def test_load_run_forms(shared_data, tmp_path):
         load_run(str(folder / "dt.json"))
     with pytest.raises(InputError, match="run file not found"):
         load_run(str(tmp_path / "nothing"))
+
+
+def test_benchmark_md_speed_section(tmp_path):
+    """tools/benchmark.py results render as a speed table and survive re-rendering."""
+    import json as _json
+
+    from parity import benchmark_md
+    from parity.__main__ import main
+
+    bench = {"device": "cpu", "threads": 2, "torch": "2.x", "batch": 1, "size": [800, 1216], "tf32": False,
+             "rows": [{"model": "mask", "ours_s_per_img": 2.0, "torchvision_s_per_img": 5.0, "speedup": 2.5}]}
+    (tmp_path / "b.json").write_text(_json.dumps(bench))
+    md = tmp_path / "BENCHMARK.md"
+    assert main(["benchmark-md", "--file", str(md), "--add-speed", f"cpu-run={tmp_path / 'b.json'}"]) == 0
+    text = md.read_text()
+    assert "| cpu-run | cpu | 2 | 2.x | 800x1216 | 1 | mask | 2.0000 | 5.0000 | 2.50x |" in text
+    assert benchmark_md.read_data(md)["speed"][0]["label"] == "cpu-run"
+    assert main(["benchmark-md", "--file", str(md), "--check"]) == 0
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["benchmark-md", "--file", str(md), "--add-speed", str(tmp_path / "bad.json")]) == 2
