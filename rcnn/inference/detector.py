@@ -9,8 +9,7 @@ OpenCV, because their exact arithmetic is OpenCV's.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -25,7 +24,6 @@ from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
 from rcnn.ops import boxes as box_ops
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,7 +37,6 @@ class ImageDetections:
     classes: np.ndarray                    # (N,) int64 contiguous class index (1..K-1)
     masks: list[dict] | None = None        # N COCO RLEs (counts as str)
     keypoints: np.ndarray | None = None    # (N, 4, J) float32 rows (x, y, logit, prob)
-    extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.scores)
