@@ -3,7 +3,6 @@ pickle, calibrated weights) loaded strictly and run on real COCO images on CPU."
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-import torch
 
 from rcnn.config import load_cfg
 from rcnn.data.preprocess import read_image

@@ -92,7 +92,8 @@ def main(argv=None) -> int:
                      "speedup": t_tv / t_ours, "dets_per_img": [n_ours, n_tv]})
         print(f"{kind:9s} ours {t_ours:.4f} s/img  torchvision {t_tv:.4f} s/img  "
               f"ratio {t_tv / t_ours:.2f}x  (dets/img {n_ours:.0f} vs {n_tv:.0f})", flush=True)
-        del model, ours, tv
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     info = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "batch": args.batch, "size": [h, w], "tf32": args.tf32, "rows": rows}

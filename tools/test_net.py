@@ -24,7 +24,6 @@ from parity.fileio import InputError
 from parity.evaluate import summary_lines
 from rcnn.config import ConfigError, load_cfg
 from rcnn.data.datasets import COCODataset, DatasetError, canonical_dataset_names
-from rcnn.data.preprocess import ImageReadError
 from rcnn.engine.test_engine import TestSettings, reevaluate, run_test
 from rcnn.engine.weights import DeviceError, load_model, resolve_device
 from rcnn.inference.detector import Detector
