@@ -20,7 +20,7 @@ def _run(args):
 def test_draws_and_writes_detections(shared_data, synthetic_pkls, tmp_path):
     images = [shared_data / "coco-mini-val2017" / "val2017" / f for f in ("000000000139.jpg", "000000000802.jpg")]
     proc = _run(["--cfg", str(CONFIGS["mask"]), "--load_detectron", str(synthetic_pkls["mask"]),
-                 "--images", *map(str, images), "--output_dir", str(tmp_path), "--thresh", "0.3", "--set", *SMALL])
+                 "--images", *map(str, images), "--output_dir", str(tmp_path), "--thresh", "0.1", "--set", *SMALL])
     assert proc.returncode == 0, proc.stderr[-2000:]
     for path in images:
         original = cv2.imread(str(path))
