@@ -113,6 +113,8 @@ def test_two_gloo_processes_equal_one(shared_data, synthetic_pkls, tmp_path):
 @pytest.mark.parametrize("case,args,message", [
     ("missing GT", ["--json", "nope.json", "--images", "."], "nope.json"),
     ("wrong dataset", ["--dataset", "coco_2099_val"], "coco_2099_val"),
+    ("data root without COCO", ["--dataset", "coco2017"], "coco/annotations/instances_val2017.json not found"),
+    ("no data root", ["--dataset", "coco2017"], "DETECTRON_DATA_ROOT"),
     ("missing weights", None, "does not exist"),
 ])
 def test_bad_input_exits_2_with_one_line(case, args, message, shared_data, synthetic_pkls, tmp_path):
@@ -121,7 +123,10 @@ def test_bad_input_exits_2_with_one_line(case, args, message, shared_data, synth
         args = ["--load_detectron", str(tmp_path / "none.pkl"), *_dataset_args(shared_data, "faster")]
     else:
         args = ["--load_detectron", str(synthetic_pkls["faster"]), *args]
-    proc = _run(base + args, env={**os.environ, "DETECTRON_DATA_ROOT": str(tmp_path)}, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "DETECTRON_DATA_ROOT"}
+    if case != "no data root":
+        env["DETECTRON_DATA_ROOT"] = str(tmp_path)
+    proc = _run(base + args, env=env, check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
