@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rcnn.inference.keypoints import heatmaps_to_keypoints
-from rcnn.inference.masks import encode_masks, paste_masks
+from rcnn.inference.masks import encode_masks, paste_and_encode, paste_masks
 from rcnn.inference.postprocess import box_results_with_nms_and_limit
 from tests.golden import GOLDEN, npz
 
@@ -63,6 +63,25 @@ def test_mask_paste_and_rle_bit_exact():
     assert all(list(r["size"]) == [427, 640] for r in rles)
     ref = json.loads((GOLDEN / "segm_results_rle.json").read_text())
     assert [r["counts"] for r in rles] == [r["counts"] for r in ref]
+
+
+def test_paste_and_encode_equals_pasting_full_masks():
+    """The fast path (run lengths read off each pasted crop) gives the same RLE strings."""
+    g = npz("segm_results")
+    n = len(g["cls_idx"])
+    probs = g["masks"][np.arange(n), g["cls_idx"]]
+    assert [r["counts"] for r in paste_and_encode(probs, g["ref_boxes"], 427, 640)] == list(g["rle_counts"])
+    rng = np.random.default_rng(0)
+    for h, w in [(48, 64), (37, 23), (5, 3)]:
+        probs = rng.random((200, 28, 28), dtype=np.float32)
+        probs[::7] = 0.9                                  # solid masks
+        x1, y1 = rng.uniform(-20, w, 200), rng.uniform(-20, h, 200)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(0, 2 * w, 200), y1 + rng.uniform(0, 2 * h, 200)], 1)
+        boxes[::5, 1], boxes[::5, 3] = -10, h + 10        # full height: runs cross columns
+        boxes[::11, 0], boxes[::11, 2] = -10, w + 10      # to the last pixel
+        boxes = boxes.astype(np.float32)
+        assert paste_and_encode(probs, boxes, h, w) == encode_masks(paste_masks(probs, boxes, h, w))
+    assert paste_and_encode(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), 5, 5) == []
 
 
 def test_keypoint_decode():

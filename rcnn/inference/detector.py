@@ -18,7 +18,7 @@ from torch import Tensor
 
 from rcnn.data.preprocess import PreparedImage, images_to_blob, prepare
 from rcnn.inference.keypoints import heatmaps_to_keypoints
-from rcnn.inference.masks import encode_masks, paste_masks
+from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.postprocess import box_results_with_nms_and_limit
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
@@ -137,8 +137,8 @@ class Detector:
             s = slice(dets.offsets[i], dets.offsets[i + 1])
             det = ImageDetections(p.orig_height, p.orig_width, boxes_np[s], scores_np[s], classes_np[s])
             if cfg.MODEL.MASK_ON:
-                det.masks = encode_masks(paste_masks(masks[s], boxes_np[s], p.orig_height, p.orig_width,
-                                                     cfg.MRCNN.THRESH_BINARIZE)) if masks is not None else []
+                det.masks = (paste_and_encode(masks[s], boxes_np[s], p.orig_height, p.orig_width,
+                                              cfg.MRCNN.THRESH_BINARIZE) if masks is not None else [])
             if cfg.MODEL.KEYPOINTS_ON:
                 det.keypoints = (heatmaps_to_keypoints(keypoints[s], boxes_np[s], cfg.KRCNN.INFERENCE_MIN_SIZE)
                                  if keypoints is not None

@@ -29,14 +29,12 @@ def expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
-def paste_masks(probs: np.ndarray, boxes: np.ndarray, im_h: int, im_w: int,
-                thresh: float = 0.5) -> np.ndarray:
-    """Binary masks (N, im_h, im_w) uint8 from (N, M, M) float32 probabilities
-    and (N, 4) float32 boxes in original-image coordinates."""
+def _pasted(probs: np.ndarray, boxes: np.ndarray, im_h: int, im_w: int, thresh: float):
+    """Each detection's binary mask as Detectron pastes it: (mask crop, x0, y0) in image
+    pixels, or None when the expanded box lies outside the image."""
     n, m = probs.shape[0], probs.shape[1]
     ref_boxes = expand_boxes(boxes, (m + 2.0) / m).astype(np.int32)
     padded = np.zeros((m + 2, m + 2), dtype=np.float32)
-    out = np.zeros((n, im_h, im_w), dtype=np.uint8)
     for i in range(n):
         padded[1:-1, 1:-1] = probs[i]
         x0, y0, x1, y1 = (int(v) for v in ref_boxes[i])
@@ -45,8 +43,18 @@ def paste_masks(probs: np.ndarray, boxes: np.ndarray, im_h: int, im_w: int,
         mask = cv2.resize(padded, (w, h)) > thresh
         xa, xb = max(x0, 0), min(x1 + 1, im_w)
         ya, yb = max(y0, 0), min(y1 + 1, im_h)
-        if xa < xb and ya < yb:
-            out[i, ya:yb, xa:xb] = mask[ya - y0:yb - y0, xa - x0:xb - x0]
+        yield (mask[ya - y0:yb - y0, xa - x0:xb - x0], xa, ya) if xa < xb and ya < yb else None
+
+
+def paste_masks(probs: np.ndarray, boxes: np.ndarray, im_h: int, im_w: int,
+                thresh: float = 0.5) -> np.ndarray:
+    """Binary masks (N, im_h, im_w) uint8 from (N, M, M) float32 probabilities
+    and (N, 4) float32 boxes in original-image coordinates."""
+    out = np.zeros((probs.shape[0], im_h, im_w), dtype=np.uint8)
+    for i, pasted in enumerate(_pasted(probs, boxes, im_h, im_w, thresh)):
+        if pasted is not None:
+            crop, xa, ya = pasted
+            out[i, ya:ya + crop.shape[0], xa:xa + crop.shape[1]] = crop
     return out
 
 
@@ -55,6 +63,44 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     if masks.shape[0] == 0:
         return []
     rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _run_lengths(crop: np.ndarray, xa: int, ya: int, im_h: int, im_w: int) -> list[int]:
+    """COCO's column-major run lengths (zeros first) of an image that is zero outside
+    ``crop`` placed at (xa, ya), without building the image."""
+    h, w = crop.shape
+    padded = np.zeros((w, h + 2), dtype=np.int8)
+    padded[:, 1:-1] = crop.T                      # one row per image column
+    step = np.diff(padded, axis=1)
+    sc, sr = np.nonzero(step == 1)
+    ec, er = np.nonzero(step == -1)
+    starts = (xa + sc) * im_h + ya + sr
+    ends = (xa + ec) * im_h + ya + er
+    # A run may continue from the bottom of one column into the next (full-height crops).
+    joined = np.nonzero(ends[:-1] == starts[1:])[0]
+    starts = np.delete(starts, joined + 1)
+    ends = np.delete(ends, joined)
+    edges = np.empty(2 * len(starts) + 2, dtype=np.int64)
+    edges[0], edges[-1] = 0, im_h * im_w
+    edges[1:-1:2], edges[2:-1:2] = starts, ends
+    counts = np.diff(edges).tolist()
+    if len(counts) > 1 and counts[-1] == 0:       # the mask reaches the last pixel
+        counts.pop()
+    return counts
+
+
+def paste_and_encode(probs: np.ndarray, boxes: np.ndarray, im_h: int, im_w: int,
+                     thresh: float = 0.5) -> list[dict]:
+    """``encode_masks(paste_masks(...))`` without full-image masks: the run lengths are
+    read off each pasted crop and pycocotools compresses them (same RLE strings)."""
+    counts = [_run_lengths(*p, im_h, im_w) if p is not None else [im_h * im_w]
+              for p in _pasted(probs, boxes, im_h, im_w, thresh)]
+    if not counts:
+        return []
+    rles = mask_util.frPyObjects([{"counts": c, "size": [im_h, im_w]} for c in counts], im_h, im_w)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
