@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -126,10 +127,18 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
         logger.info("resuming: %d images already done, %d to go", len(done), len(image_ids) - len(done))
     bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
                disable=not settings.progress or rank != 0, dynamic_ncols=True)
-    with bar, _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
-        for start in range(0, len(todo), settings.batch_size):
-            ids = todo[start:start + settings.batch_size]
-            dets = detector([read_image(dataset.image_path(i)) for i in ids])
+    def load(image_id: int):
+        return detector.prepare(read_image(dataset.image_path(image_id)))
+
+    batches = [todo[s:s + settings.batch_size] for s in range(0, len(todo), settings.batch_size)]
+    # Decoding and resizing the next batch (OpenCV releases the GIL) overlaps the current one.
+    with bar, ThreadPoolExecutor(max_workers=2) as pool, \
+            _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
+        pending = [pool.submit(load, i) for i in batches[0]] if batches else []
+        for k, ids in enumerate(batches):
+            prepared = [f.result() for f in pending]
+            pending = [pool.submit(load, i) for i in batches[k + 1]] if k + 1 < len(batches) else []
+            dets = detector.run_prepared(prepared)
             out.write("".join(_to_line(i, d) for i, d in zip(ids, dets)))
             out.flush()
             os.fsync(out.fileno())

@@ -78,10 +78,13 @@ class Detector:
     def prepare(self, im: np.ndarray) -> PreparedImage:
         return prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
 
-    @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
-        prepared = [self.prepare(im) for im in images]
-        results: list[ImageDetections | None] = [None] * len(images)
+        return self.run_prepared([self.prepare(im) for im in images])
+
+    @torch.no_grad()
+    def run_prepared(self, prepared: Sequence[PreparedImage]) -> list[ImageDetections]:
+        """Detections of prepared images, in their order (batched by blob size)."""
+        results: list[ImageDetections | None] = [None] * len(prepared)
         for idx in _batches(prepared, self.batch_size):
             for i, det in zip(idx, self.detect_prepared([prepared[i] for i in idx])):
                 results[i] = det
