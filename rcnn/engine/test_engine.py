@@ -127,22 +127,33 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
         logger.info("resuming: %d images already done, %d to go", len(done), len(image_ids) - len(done))
     bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
                disable=not settings.progress or rank != 0, dynamic_ncols=True)
+
     def load(image_id: int):
         return detector.prepare(read_image(dataset.image_path(image_id)))
 
     batches = [todo[s:s + settings.batch_size] for s in range(0, len(todo), settings.batch_size)]
-    # Decoding and resizing the next batch (OpenCV releases the GIL) overlaps the current one.
-    with bar, ThreadPoolExecutor(max_workers=2) as pool, \
+    # Decoding and resizing the next batch, and pasting / decoding the previous one (OpenCV
+    # releases the GIL), overlap the current forward pass.
+    with bar, ThreadPoolExecutor(max_workers=2) as loader, ThreadPoolExecutor(max_workers=1) as host, \
             _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
-        pending = [pool.submit(load, i) for i in batches[0]] if batches else []
-        for k, ids in enumerate(batches):
-            prepared = [f.result() for f in pending]
-            pending = [pool.submit(load, i) for i in batches[k + 1]] if k + 1 < len(batches) else []
-            dets = detector.run_prepared(prepared)
-            out.write("".join(_to_line(i, d) for i, d in zip(ids, dets)))
+
+        def write(ids: list[int], finished) -> None:
+            out.write("".join(_to_line(i, d) for i, d in zip(ids, finished.result())))
             out.flush()
             os.fsync(out.fileno())
             bar.update(len(ids))
+
+        pending = [loader.submit(load, i) for i in batches[0]] if batches else []
+        previous = None
+        for k, ids in enumerate(batches):
+            prepared = [f.result() for f in pending]
+            pending = [loader.submit(load, i) for i in batches[k + 1]] if k + 1 < len(batches) else []
+            raw = detector.forward(prepared)
+            if previous is not None:
+                write(*previous)
+            previous = (ids, host.submit(detector.finish, len(prepared), raw))
+        if previous is not None:
+            write(*previous)
     return len(remaining)
 
 

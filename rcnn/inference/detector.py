@@ -42,6 +42,19 @@ class ImageDetections:
         return len(self.scores)
 
 
+@dataclass
+class DeviceOutputs:
+    """What the device part of a batch leaves for the host part (all NumPy)."""
+
+    batch: list[PreparedImage]
+    boxes: np.ndarray                     # (N, 4) float32, rows of image i in offsets[i]:offsets[i+1]
+    scores: np.ndarray
+    classes: np.ndarray
+    offsets: list[int]
+    mask_probs: np.ndarray | None = None  # (N, M, M) probabilities of each detection's class
+    heatmaps: np.ndarray | None = None    # (N, J, 56, 56) keypoint logits
+
+
 def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) -> Tensor:
     """Mask/keypoint RoIs ``[image, float32(float64(box) * im_scale)]`` (``_get_rois_blob``).
 
@@ -81,18 +94,28 @@ class Detector:
     def __call__(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
         return self.run_prepared([self.prepare(im) for im in images])
 
-    @torch.no_grad()
     def run_prepared(self, prepared: Sequence[PreparedImage]) -> list[ImageDetections]:
         """Detections of prepared images, in their order (batched by blob size)."""
-        results: list[ImageDetections | None] = [None] * len(prepared)
-        for idx in _batches(prepared, self.batch_size):
-            for i, det in zip(idx, self.detect_prepared([prepared[i] for i in idx])):
+        return self.finish(len(prepared), self.forward(prepared))
+
+    @torch.no_grad()
+    def forward(self, prepared: Sequence[PreparedImage]) -> list[tuple[list[int], "DeviceOutputs"]]:
+        """The device part for prepared images: one forward pass per batch of equal blob size.
+
+        ``finish`` does the host part; keeping them apart lets a caller overlap the host
+        work of one batch with the next batch's forward pass (``rcnn.engine.test_engine``).
+        """
+        return [(idx, self._forward_batch([prepared[i] for i in idx])) for idx in _batches(prepared, self.batch_size)]
+
+    def finish(self, count: int, outputs: list[tuple[list[int], "DeviceOutputs"]]) -> list[ImageDetections]:
+        """The host part (mask paste, keypoint decode with OpenCV), in input order; thread-safe."""
+        results: list[ImageDetections | None] = [None] * count
+        for idx, out in outputs:
+            for i, det in zip(idx, self._finish_batch(out)):
                 results[i] = det
         return results  # type: ignore[return-value]
 
-    @torch.no_grad()
-    def detect_prepared(self, batch: Sequence[PreparedImage]) -> list[ImageDetections]:
-        """One forward pass over images that share a blob size."""
+    def _forward_batch(self, batch: Sequence[PreparedImage]) -> "DeviceOutputs":
         cfg, dev = self.cfg, self.device
         blob = torch.from_numpy(images_to_blob([p.data for p in batch], cfg.FPN.COARSEST_STRIDE)).to(dev)
         scales32 = torch.tensor([p.scale for p in batch], dtype=torch.float32, device=dev)
@@ -120,32 +143,35 @@ class Detector:
 
         dets = box_results_with_nms_and_limit(scores, pred, image_index, len(batch), cfg.TEST.SCORE_THRESH,
                                               cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM)
-        det_image = torch.repeat_interleave(torch.arange(len(batch), device=dev),
-                                            torch.tensor(np.diff(dets.offsets), device=dev))
-        masks = keypoints = None
+        out = DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
+                            dets.classes.cpu().numpy(), dets.offsets)
         if len(dets.scores) and (cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINTS_ON):
+            det_image = torch.repeat_interleave(torch.arange(len(batch), device=dev),
+                                                torch.tensor(np.diff(dets.offsets), device=dev))
             head_rois = rois_for_heads(dets.boxes, det_image, [p.scale for p in batch])
             if cfg.MODEL.MASK_ON:
                 logits = self.model.mask_logits(feats, head_rois)
                 channel = dets.classes if cfg.MRCNN.CLS_SPECIFIC_MASK else torch.zeros_like(dets.classes)
-                masks = torch.sigmoid(logits[torch.arange(len(channel), device=dev), channel]).cpu().numpy()
+                out.mask_probs = torch.sigmoid(logits[torch.arange(len(channel), device=dev), channel]).cpu().numpy()
             if cfg.MODEL.KEYPOINTS_ON:
-                keypoints = self.model.keypoint_logits(feats, head_rois).cpu().numpy()
-
-        boxes_np = dets.boxes.cpu().numpy()
-        scores_np = dets.scores.cpu().numpy()
-        classes_np = dets.classes.cpu().numpy()
-        out = []
-        for i, p in enumerate(batch):
-            s = slice(dets.offsets[i], dets.offsets[i + 1])
-            det = ImageDetections(p.orig_height, p.orig_width, boxes_np[s], scores_np[s], classes_np[s])
-            if cfg.MODEL.MASK_ON:
-                det.masks = (paste_and_encode(masks[s], boxes_np[s], p.orig_height, p.orig_width,
-                                              cfg.MRCNN.THRESH_BINARIZE) if masks is not None else [])
-            if cfg.MODEL.KEYPOINTS_ON:
-                det.keypoints = (heatmaps_to_keypoints(keypoints[s], boxes_np[s], cfg.KRCNN.INFERENCE_MIN_SIZE)
-                                 if keypoints is not None
-                                 else np.zeros((0, 4, cfg.KRCNN.NUM_KEYPOINTS), np.float32))
-            out.append(det)
+                out.heatmaps = self.model.keypoint_logits(feats, head_rois).cpu().numpy()
         return out
+
+    def _finish_batch(self, out: "DeviceOutputs") -> list[ImageDetections]:
+        cfg = self.cfg
+        m = cfg.MRCNN.RESOLUTION
+        results = []
+        for i, p in enumerate(out.batch):
+            s = slice(out.offsets[i], out.offsets[i + 1])
+            det = ImageDetections(p.orig_height, p.orig_width, out.boxes[s], out.scores[s], out.classes[s])
+            if cfg.MODEL.MASK_ON:
+                probs = out.mask_probs[s] if out.mask_probs is not None else np.zeros((0, m, m), np.float32)
+                det.masks = paste_and_encode(probs, out.boxes[s], p.orig_height, p.orig_width,
+                                             cfg.MRCNN.THRESH_BINARIZE)
+            if cfg.MODEL.KEYPOINTS_ON:
+                det.keypoints = (heatmaps_to_keypoints(out.heatmaps[s], out.boxes[s], cfg.KRCNN.INFERENCE_MIN_SIZE)
+                                 if out.heatmaps is not None
+                                 else np.zeros((0, 4, cfg.KRCNN.NUM_KEYPOINTS), np.float32))
+            results.append(det)
+        return results
 
