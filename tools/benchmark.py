@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torchvision
@@ -31,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 TORCHVISION = {"faster": fasterrcnn_resnet50_fpn, "mask": maskrcnn_resnet50_fpn, "keypoint": keypointrcnn_resnet50_fpn}
 
 
-def _images(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+def synthetic_images(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth random BGR images (the same ones in every run)."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
-    import cv2
     return [cv2.resize(np.roll(base, i, axis=1), (w, h), interpolation=cv2.INTER_LINEAR) for i in range(n)]
 
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    ims = _images(args.batch, h, w)
+    ims = synthetic_images(args.batch, h, w)
     rows = []
     for kind in args.models.split(","):
         cfg = load_cfg(REPO / f"configs/12_2017_baselines/e2e_{kind}_rcnn_R-50-FPN_1x.yaml")
