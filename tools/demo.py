@@ -109,11 +109,18 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=4, help="generated images")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    out = Path(args.output_dir)
+    try:
+        return run(Path(args.output_dir), args.images)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(out: Path, num_images: int) -> int:
     start = time.perf_counter()
 
-    print(f"[1/4] generating a {args.images}-image COCO-format dataset in {out / 'data'}", flush=True)
-    img_dir, instances, keypoints = make_dataset(out / "data", args.images)
+    print(f"[1/4] generating a {num_images}-image COCO-format dataset in {out / 'data'}", flush=True)
+    img_dir, instances, keypoints = make_dataset(out / "data", num_images)
     calibration_image = cv2.imread(str(sorted(img_dir.iterdir())[0]))
     rows = []
     for kind in KINDS:
