@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from convert.checkpoint import load_detectron_weights, read_checkpoint
-from convert.errors import ConvertError
+from convert.errors import ConvertError, WeightsMismatchError
+from convert.pickle_io import read_detectron_pkl
 from rcnn.config import cfg_from_yaml_text
 from rcnn.modeling import GeneralizedRCNN, build_model
+from rcnn.naming import key_to_blob
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,36 @@ def load_model(cfg, load_detectron: str | None = None, load_ckpt: str | None = N
         info = WeightsInfo(str(path), file_sha256(path), "checkpoint", str(source))
     logger.info("loaded %s weights from %s", info.format, path)
     return model, info
+
+
+@torch.no_grad()
+def load_imagenet_backbone(model: GeneralizedRCNN, path: str | os.PathLike) -> list[str]:
+    """Initialise the ResNet body from an ImageNet ``R-50.pkl`` (``TRAIN.WEIGHTS``).
+
+    Strict about the body: every ``backbone`` blob must be in the file with its shape.
+    Everything else in the file (``fc1000_*``, the zero conv biases, or a detector's
+    heads) is unused, like Detectron's ``__preserve__`` blobs; their names are returned.
+    """
+    blobs = read_detectron_pkl(path).blobs
+    state = model.backbone.state_dict()
+    missing, wrong = [], []
+    for key, tensor in state.items():
+        blob = key_to_blob(f"backbone.{key}")
+        if blob not in blobs:
+            missing.append(blob)
+        elif tuple(blobs[blob].shape) != tuple(tensor.shape):
+            wrong.append(f"{blob} {tuple(blobs[blob].shape)} vs {tuple(tensor.shape)}")
+    if missing or wrong:
+        raise WeightsMismatchError(f"{path} does not hold this ResNet body: {len(missing)} missing "
+                                   f"({', '.join(missing[:5])}), {len(wrong)} of another shape ({', '.join(wrong[:5])})")
+    used = set()
+    for key, tensor in state.items():   # state_dict tensors share the module's storage
+        blob = key_to_blob(f"backbone.{key}")
+        tensor.copy_(torch.from_numpy(blobs[blob].astype("float32")))
+        used.add(blob)
+    unused = sorted(set(blobs) - used)
+    logger.info("initialised the ResNet body from %s (%d blobs; %d unused)", path, len(used), len(unused))
+    return unused
 
 
 class DeviceError(ValueError):
