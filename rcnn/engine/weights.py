@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from convert.checkpoint import load_detectron_weights, read_checkpoint
-from convert.errors import ConvertError, WeightsMismatchError
+from convert.errors import ConvertError
 from convert.pickle_io import read_detectron_pkl
 from rcnn.config import cfg_from_yaml_text
 from rcnn.modeling import GeneralizedRCNN, build_model
@@ -98,7 +98,7 @@ def load_imagenet_backbone(model: GeneralizedRCNN, path: str | os.PathLike) -> l
         elif tuple(blobs[blob].shape) != tuple(tensor.shape):
             wrong.append(f"{blob} {tuple(blobs[blob].shape)} vs {tuple(tensor.shape)}")
     if missing or wrong:
-        raise WeightsMismatchError(f"{path} does not hold this ResNet body: {len(missing)} missing "
+        raise ConvertError(f"{path} does not hold this ResNet body: {len(missing)} missing "
                                    f"({', '.join(missing[:5])}), {len(wrong)} of another shape ({', '.join(wrong[:5])})")
     used = set()
     for key, tensor in state.items():   # state_dict tensors share the module's storage
