@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from convert.checkpoint import LoadReport, pt_to_pkl, read_checkpoint, save_checkpoint
 from convert.errors import ConvertError
-from rcnn.config import CfgNode
+from rcnn.config import CfgNode, ConfigError
 from rcnn.engine.solver import MomentumSGD
 from rcnn.naming import key_to_blob
 
@@ -70,7 +70,7 @@ def checkpoint_period(cfg: CfgNode) -> int:
     """``int(TRAIN.SNAPSHOT_ITERS / NUM_GPUS)`` iterations between snapshots."""
     period = int(cfg.TRAIN.SNAPSHOT_ITERS / cfg.NUM_GPUS)
     if period < 1:
-        raise ValueError(f"TRAIN.SNAPSHOT_ITERS {cfg.TRAIN.SNAPSHOT_ITERS} / NUM_GPUS {cfg.NUM_GPUS} "
+        raise ConfigError(f"TRAIN.SNAPSHOT_ITERS {cfg.TRAIN.SNAPSHOT_ITERS} / NUM_GPUS {cfg.NUM_GPUS} "
                          "gives a snapshot period below one iteration")
     return period
 

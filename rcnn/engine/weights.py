@@ -52,6 +52,25 @@ def _get(cfg, dotted: str):
     return node
 
 
+def load_checkpoint_weights(model: GeneralizedRCNN, cfg, path: str | os.PathLike) -> WeightsInfo:
+    """Load one of this project's checkpoints (weights_only) made for the same model family."""
+    ckpt = read_checkpoint(path)
+    saved = cfg_from_yaml_text(ckpt.cfg_yaml)
+    diffs = [f"{k} {_get(saved, k)!r} (checkpoint) vs {_get(cfg, k)!r} (--cfg)"
+             for k in _FAMILY_KEYS if _get(saved, k) != _get(cfg, k)]
+    if diffs:
+        raise ConvertError(f"{path} was made for another model: " + "; ".join(diffs))
+    try:
+        result = model.load_state_dict(ckpt.state_dict, strict=False)
+    except RuntimeError as e:   # a shape mismatch
+        raise ConvertError(f"{path} does not fit the model: {' '.join(str(e).split())[:400]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ConvertError(f"{path} does not fit the model: missing {result.missing_keys[:10]}, "
+                           f"unexpected {result.unexpected_keys[:10]}")
+    source = "zoo" if "source_sha256" in ckpt.meta else ckpt.meta.get("weights_source", "scratch")
+    return WeightsInfo(str(path), file_sha256(path), "checkpoint", str(source))
+
+
 def load_model(cfg, load_detectron: str | None = None, load_ckpt: str | None = None) -> tuple[GeneralizedRCNN, WeightsInfo]:
     """The model ``cfg`` describes with weights from exactly one of the two sources."""
     if (load_detectron is None) == (load_ckpt is None):
@@ -64,18 +83,7 @@ def load_model(cfg, load_detectron: str | None = None, load_ckpt: str | None = N
         load_detectron_weights(model, load_detectron, cfg)
         info = WeightsInfo(str(path), file_sha256(path), "detectron-pkl", "zoo")
     else:
-        ckpt = read_checkpoint(load_ckpt)
-        saved = cfg_from_yaml_text(ckpt.cfg_yaml)
-        diffs = [f"{k} {_get(saved, k)!r} (checkpoint) vs {_get(cfg, k)!r} (--cfg)"
-                 for k in _FAMILY_KEYS if _get(saved, k) != _get(cfg, k)]
-        if diffs:
-            raise ConvertError(f"{load_ckpt} was made for another model: " + "; ".join(diffs))
-        result = model.load_state_dict(ckpt.state_dict, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ConvertError(f"{load_ckpt} does not fit the model: missing {result.missing_keys[:10]}, "
-                               f"unexpected {result.unexpected_keys[:10]}")
-        source = "zoo" if "source_sha256" in ckpt.meta else ckpt.meta.get("weights_source", "scratch")
-        info = WeightsInfo(str(path), file_sha256(path), "checkpoint", str(source))
+        info = load_checkpoint_weights(model, cfg, load_ckpt)
     logger.info("loaded %s weights from %s", info.format, path)
     return model, info
 

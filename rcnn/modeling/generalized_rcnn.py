@@ -19,6 +19,7 @@ from rcnn.modeling.mask_head import MaskHead
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
 from rcnn.modeling.resnet import ResNetBody
 from rcnn.modeling.rpn import RPNHead
+from rcnn.modeling.training import training_losses
 from rcnn.ops.pooler import multilevel_roi_align
 
 _FPN_BODY = re.compile(r"^FPN\.add_fpn_ResNet(50|101|152)_conv5_body$")
@@ -78,6 +79,11 @@ class GeneralizedRCNN(nn.Module):
             self.keypoint_head = KeypointHead(dim, cfg.KRCNN.CONV_HEAD_DIM, cfg.KRCNN.NUM_STACKED_CONVS,
                                               cfg.KRCNN.CONV_HEAD_KERNEL, cfg.KRCNN.NUM_KEYPOINTS,
                                               cfg.KRCNN.DECONV_KERNEL, cfg.KRCNN.UP_SCALE)
+
+    def forward(self, batch, sampler) -> dict[str, Tensor]:
+        """Training: the losses of a ``TrainBatch`` (``rcnn.modeling.training``). Inference
+        runs the stages below through ``rcnn.inference.detector.Detector``."""
+        return training_losses(self, batch, sampler)
 
     # -- stages ---------------------------------------------------------------
     def features(self, blob: Tensor) -> list[Tensor]:

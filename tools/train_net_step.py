@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Train a Detectron model from scratch with its recipe (Detectron.pytorch's train_net_step.py).
+
+    python tools/train_net_step.py --cfg configs/12_2017_baselines/e2e_mask_rcnn_R-50-FPN_1x.yaml \\
+        --imagenet_weights R-50.pkl --output_dir outputs/train/mask
+    torchrun --nproc_per_node 8 tools/train_net_step.py ...     # the 8-GPU recipe exactly
+
+The recipe's batch is ``NUM_GPUS x TRAIN.IMS_PER_BATCH`` (16 for the 12_2017 configs). With
+fewer processes, gradient accumulation (``--iter_size``, chosen automatically when it
+divides) reproduces that batch exactly; ``--bs`` trains another total batch with the linear
+scaling rule. Logs Detectron's ``json_stats`` lines (also to ``<output_dir>/train.log``),
+snapshots ``ckpt/model_iter{N}.pt``, resumes from the newest one (``TRAIN.AUTO_RESUME``), and
+writes ``ckpt/model_final.pt`` and ``ckpt/model_final.pkl`` (Detectron format).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from convert.checkpoint import load_detectron_weights
+from convert.errors import ConvertError
+from parity.fileio import InputError
+from rcnn.config import ConfigError, load_cfg
+from rcnn.data.datasets import DatasetError
+from rcnn.data.loader import build_train_loader
+from rcnn.data.roidb import open_datasets, roidb_from_cfg
+from rcnn.engine.train_engine import TrainSettings, TrainingError, scaled_schedule, train
+from rcnn.engine.weights import DeviceError, load_checkpoint_weights, load_imagenet_backbone, resolve_device
+from rcnn.modeling import UnsupportedModelError, build_model
+from rcnn.modeling.init import init_heads
+
+DATASET_ALIASES = {"coco2017": "coco_2017_train", "keypoints_coco2017": "keypoints_coco_2017_train"}
+DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cfg", required=True, help="Detectron YAML config")
+    p.add_argument("--dataset", help="coco2017 | keypoints_coco2017 | catalog names (default: TRAIN.DATASETS)")
+    p.add_argument("--data_root", help="data root laid out like Detectron's (default: $DETECTRON_DATA_ROOT)")
+    p.add_argument("--json", help="COCO-format training annotations (with --images)")
+    p.add_argument("--images", help="image folder of --json")
+    p.add_argument("--set", dest="opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument("--output_dir", help="default: outputs/train/<config name>")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--imagenet_weights", help="ImageNet R-50.pkl (default: TRAIN.WEIGHTS, or its copy in "
+                                                 "DOWNLOAD_CACHE when it is a URL)")
+    init.add_argument("--load_detectron", help="start from a Detectron .pkl detector instead")
+    init.add_argument("--load_ckpt", help="start from a checkpoint of this project instead")
+    p.add_argument("--bs", type=int, help="total batch per iteration (default: the recipe's; linear scaling)")
+    p.add_argument("--iter_size", type=int, help="minibatches accumulated per iteration (default: automatic)")
+    p.add_argument("--nw", type=int, help="data loader workers per process (default: DATA_LOADER.NUM_THREADS)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--use_tfboard", action="store_true", help="also write TensorBoard scalars")
+    p.add_argument("--no_pkl", action="store_true", help="do not export model_final.pkl")
+    args = p.parse_args(argv)
+    if bool(args.json) != bool(args.images) or (args.json and args.dataset):
+        p.error("give --dataset, or both --json and --images, or neither (TRAIN.DATASETS)")
+    for flag in ("bs", "iter_size", "nw"):
+        if getattr(args, flag) is not None and getattr(args, flag) < (0 if flag == "nw" else 1):
+            p.error(f"--{flag} is out of range")
+    return args
+
+
+def _init_distributed(device_arg: str | None) -> tuple[torch.device, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return resolve_device(device_arg), 0, 1
+    use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device("cpu")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def imagenet_weights_path(cfg, override: str | None) -> Path:
+    """The local ImageNet file: ``--imagenet_weights``, else ``TRAIN.WEIGHTS`` (a URL is looked
+    up where Detectron's ``cache_url`` would have put it, under ``DOWNLOAD_CACHE``)."""
+    spec = override or cfg.TRAIN.WEIGHTS
+    if not spec:
+        raise ConvertError("no ImageNet weights: pass --imagenet_weights R-50.pkl or set TRAIN.WEIGHTS")
+    if spec.startswith(("http://", "https://")):
+        cached = Path(cfg.DOWNLOAD_CACHE) / spec[len(DETECTRON_URL):].lstrip("/") \
+            if spec.startswith(DETECTRON_URL) else None
+        if cached is None or not cached.is_file():
+            raise ConvertError(f"TRAIN.WEIGHTS is the URL {spec}: download it and pass --imagenet_weights PATH"
+                               + (f" (or put it at {cached})" if cached else ""))
+        return cached
+    if not Path(spec).is_file():
+        raise ConvertError(f"ImageNet weights file {spec} does not exist")
+    return Path(spec)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        device, rank, world = _init_distributed(args.device)
+        cfg = load_cfg(args.cfg, args.opts)
+        per_step = world * cfg.TRAIN.IMS_PER_BATCH
+        recipe = cfg.NUM_GPUS * cfg.TRAIN.IMS_PER_BATCH
+        iter_size = args.iter_size or (recipe // per_step if args.bs is None and recipe % per_step == 0 else 1)
+        cfg = load_cfg(args.cfg, args.opts + scaled_schedule(cfg, per_step * iter_size))
+        if args.dataset:
+            specs = [DATASET_ALIASES.get(n, n) for n in args.dataset.split(",")]
+        elif args.json:
+            specs = [(args.json, args.images)]
+        else:
+            specs = list(cfg.TRAIN.DATASETS)
+        datasets = open_datasets(specs, args.data_root)
+        for ds in datasets:
+            if ds.num_classes != cfg.MODEL.NUM_CLASSES:
+                raise DatasetError(f"dataset {ds.annotation_file} has {ds.num_classes} classes (with background) "
+                                   f"but the config says MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES}")
+        roidb = roidb_from_cfg(cfg, args.data_root, datasets)
+
+        model = build_model(cfg)
+        init_heads(model, cfg, cfg.RNG_SEED)
+        if args.load_detectron:
+            load_detectron_weights(model, args.load_detectron, cfg)
+        elif args.load_ckpt:
+            load_checkpoint_weights(model, cfg, args.load_ckpt)
+        else:
+            load_imagenet_backbone(model, imagenet_weights_path(cfg, args.imagenet_weights))
+
+        output_dir = Path(args.output_dir or Path("outputs") / "train" / Path(args.cfg).stem)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            log = logging.FileHandler(output_dir / "train.log")
+            log.setFormatter(logging.Formatter("%(message)s"))
+            logging.getLogger().addHandler(log)
+        logging.getLogger(__name__).info(
+            "training %s: %d images (with flips), %d process(es) x %d images x iter_size %d = %d images/iter, "
+            "lr %g, %d iterations", Path(args.cfg).stem, len(roidb), world, cfg.TRAIN.IMS_PER_BATCH, iter_size,
+            per_step * iter_size, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER)
+
+        def make_batches(consumed: int):
+            return iter(build_train_loader(roidb, cfg, rank=rank, world_size=world, num_workers=args.nw,
+                                           start_iter=consumed))
+
+        settings = TrainSettings(output_dir, iter_size, cfg.RNG_SEED, args.use_tfboard, not args.no_pkl)
+        final = train(cfg, model, make_batches, device, settings)
+    except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
+            OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"final model: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
