@@ -1,12 +1,14 @@
 """Detection post-processing against ``core/test.py`` (box results, mask paste, keypoint decode)."""
 import json
 
+import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 
 from rcnn.inference.keypoints import heatmaps_to_keypoints
-from rcnn.inference.masks import encode_masks, paste_and_encode, paste_masks
+from rcnn.inference.masks import expand_boxes, paste_and_encode
 from rcnn.inference.postprocess import box_results_with_nms_and_limit
 from tests.golden import GOLDEN, npz
 
@@ -52,25 +54,41 @@ def test_no_detection():
     assert len(d.scores) == 0 and d.offsets == [0, 0]
 
 
+def _full_image_masks(probs, boxes, im_h, im_w):
+    """Oracle: Detectron's segm_results paste, written out plainly on full-image masks."""
+    ref_boxes = expand_boxes(boxes, 30.0 / 28).astype(np.int32)
+    padded = np.zeros((30, 30), np.float32)
+    out = np.zeros((len(probs), im_h, im_w), np.uint8)
+    for i, (x0, y0, x1, y1) in enumerate(ref_boxes):
+        padded[1:-1, 1:-1] = probs[i]
+        m = (cv2.resize(padded, (max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1))) > 0.5).astype(np.uint8)
+        xa, xb, ya, yb = max(x0, 0), min(x1 + 1, im_w), max(y0, 0), min(y1 + 1, im_h)
+        if xa < xb and ya < yb:
+            out[i, ya:yb, xa:xb] = m[ya - y0:yb - y0, xa - x0:xb - x0]
+    return out
+
+
+def _encode(masks):
+    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def test_mask_paste_and_rle_bit_exact():
     g = npz("segm_results")
     n = len(g["cls_idx"])
     probs = g["masks"][np.arange(n), g["cls_idx"]]
-    masks = paste_masks(probs, g["ref_boxes"], 427, 640)
+    rles = paste_and_encode(probs, g["ref_boxes"], 427, 640)
+    masks = mask_util.decode(rles).transpose(2, 0, 1)
     np.testing.assert_array_equal(masks, np.unpackbits(g["im_masks_packed"], axis=-1, count=640))
-    rles = encode_masks(masks)
+    np.testing.assert_array_equal(_full_image_masks(probs, g["ref_boxes"], 427, 640), masks)
     assert [r["counts"] for r in rles] == list(g["rle_counts"])
     assert all(list(r["size"]) == [427, 640] for r in rles)
     ref = json.loads((GOLDEN / "segm_results_rle.json").read_text())
     assert [r["counts"] for r in rles] == [r["counts"] for r in ref]
 
 
-def test_paste_and_encode_equals_pasting_full_masks():
-    """The fast path (run lengths read off each pasted crop) gives the same RLE strings."""
-    g = npz("segm_results")
-    n = len(g["cls_idx"])
-    probs = g["masks"][np.arange(n), g["cls_idx"]]
-    assert [r["counts"] for r in paste_and_encode(probs, g["ref_boxes"], 427, 640)] == list(g["rle_counts"])
+def test_paste_and_encode_equals_encoding_full_masks():
+    """Run lengths read off each pasted crop give the strings of encoding full-image masks."""
     rng = np.random.default_rng(0)
     for h, w in [(48, 64), (37, 23), (5, 3)]:
         probs = rng.random((200, 28, 28), dtype=np.float32)
@@ -80,7 +98,7 @@ def test_paste_and_encode_equals_pasting_full_masks():
         boxes[::5, 1], boxes[::5, 3] = -10, h + 10        # full height: runs cross columns
         boxes[::11, 0], boxes[::11, 2] = -10, w + 10      # to the last pixel
         boxes = boxes.astype(np.float32)
-        assert paste_and_encode(probs, boxes, h, w) == encode_masks(paste_masks(probs, boxes, h, w))
+        assert paste_and_encode(probs, boxes, h, w) == _encode(_full_image_masks(probs, boxes, h, w))
     assert paste_and_encode(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), 5, 5) == []
 
 
