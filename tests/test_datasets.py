@@ -106,6 +106,10 @@ def test_detectron_2014_names_map_to_2017_splits() -> None:
         canonical_dataset_names(("coco_2014_train",))  # the 1-GPU tutorial's choice
     assert set(dataset_names()) >= {"coco_2017_val", "coco_2017_train", "keypoints_coco_2017_val",
                                     "keypoints_coco_2017_train", "coco_2014_minival"}
+    assert dataset_names() == [
+        "coco_2014_minival", "coco_2017_test", "coco_2017_test-dev", "coco_2017_train", "coco_2017_val",
+        "keypoints_coco_2014_minival", "keypoints_coco_2017_train", "keypoints_coco_2017_val",
+    ]
 
 
 def test_any_coco_json_and_detectron_class_order(tmp_path: Path) -> None:

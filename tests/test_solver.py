@@ -285,6 +285,28 @@ def test_hand_computed_updates():
     assert model.backbone.conv1.weight not in opt.state
 
 
+def test_mixed_dtypes_update_in_their_own_buckets_and_sparse_gradients_are_refused():
+    """Parameters of several dtypes in one group: each gets the hand-computed update (as in
+    test_hand_computed_updates: lr 0.25, momentum 0.5, wd 0.125) in its own dtype, and a
+    rescaling reaches every buffer."""
+    params = [nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3, dtype=torch.float64)),
+              nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(2, dtype=torch.float16))]
+    opt = MomentumSGD(params, momentum=0.5, weight_decay=0.125)
+    opt.set_lr(0.25)
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    for p, dtype in zip(params, (torch.float32, torch.float64, torch.float32, torch.float16)):
+        buf = opt.state[p]["momentum_buffer"]
+        assert p.dtype == buf.dtype == dtype
+        assert torch.all(p == 0.84375) and torch.all(buf == 0.15625)
+    opt.set_lr(2.5)  # 10x: every buffer rescaled (exactly: 0.15625 * 10 = 1.5625)
+    assert all(torch.all(opt.state[p]["momentum_buffer"] == 1.5625) for p in params)
+    params[2].grad = torch.zeros(1).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+
+
 def test_frozen_parameters_are_refused():
     model = Tiny()
     with pytest.raises(ValueError, match="without requires_grad"):

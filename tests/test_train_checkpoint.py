@@ -120,6 +120,10 @@ def test_checkpoint_is_weights_only_with_detectron_momentum_names(tmp_path):
     assert raw["format"] == FORMAT
     assert sorted(raw["extra_blobs"]) == ["fc6_b_momentum", "fc6_w_momentum", "fc7_b_momentum", "fc7_w_momentum"]
     assert all(not t.any() for t in raw["extra_blobs"].values())
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            blob = name.split(".")[1] + ("_w" if name.endswith("weight") else "_b") + "_momentum"
+            assert raw["extra_blobs"][blob].shape == param.shape and raw["extra_blobs"][blob].dtype == param.dtype
     assert raw["meta"]["iter"] == cfg.SOLVER.MAX_ITER - 1 and raw["meta"]["weights_source"] == "scratch"
     assert raw["meta"]["lr"] == 0.0
     assert set(raw["state_dict"]) == set(model.state_dict())
@@ -189,6 +193,10 @@ def test_momentum_must_match_the_trained_parameters(tmp_path):
     frozen_more.box_head.fc6.weight.requires_grad_(False)
     with pytest.raises(ConvertError, match=r"1 not trained now \['fc6_w_momentum'\]"):
         load_training_checkpoint(path, frozen_more, build_optimizer(frozen_more, cfg))
+    frozen_less = _fresh()
+    frozen_less.backbone.conv1.weight.requires_grad_(True)
+    with pytest.raises(ConvertError, match=r"1 missing \['conv1_w_momentum'\], 0 not trained now"):
+        load_training_checkpoint(path, frozen_less, build_optimizer(frozen_less, cfg))
     other = nn.Module()
     other.box_head = nn.ModuleDict({"fc6": nn.Linear(3, 2)})
     with pytest.raises(ConvertError, match="does not fit the model"):

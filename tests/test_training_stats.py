@@ -192,6 +192,10 @@ def test_tensorboard_scalars_for_every_logged_value():
     tags = {t for t, _, s in writer.scalars if s == 20}
     assert tags == set(logged[-1]) - {"iter", "eta"}
     assert ("loss_bbox", 0.25, 20) in writer.scalars
+    for row in logged:  # every value, as logged
+        assert {t: v for t, v, s in writer.scalars if s == row["iter"]} == \
+            {k: v for k, v in row.items() if k not in ("iter", "eta")}
+    assert len(writer.scalars) == sum(len(row) - 2 for row in logged)
 
 
 def test_open_tb_writer(tmp_path):
@@ -205,10 +209,16 @@ def test_open_tb_writer(tmp_path):
 def test_mean_over_ranks_and_memory(tmp_path):
     values = {"loss_cls": torch.tensor(0.5), "accuracy_cls": 0.75}
     assert mean_over_ranks(values) == {"loss_cls": 0.5, "accuracy_cls": 0.75}
+    assert mean_over_ranks({}) == {}
+    third = torch.tensor(1 / 3)  # float32: read back exactly, as float(tensor)
+    means = mean_over_ranks({"b": third, "a": np.float32(0.1), "c": 2})
+    assert list(means) == ["b", "a", "c"] and all(type(v) is float for v in means.values())
+    assert means == {"b": float(third), "a": float(np.float32(0.1)), "c": 2.0}
     assert peak_gpu_memory_bytes("cpu") == 0
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         assert mean_over_ranks(values) == {"loss_cls": 0.5, "accuracy_cls": 0.75}
+        assert mean_over_ranks({"b": third}) == {"b": float(third)}
         assert peak_gpu_memory_bytes(None) == 0
         _, lines, _ = _run(2)
         assert len(lines) == 2  # rank 0 writes

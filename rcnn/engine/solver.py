@@ -30,7 +30,6 @@ unknown policy raises ``NotImplementedError`` as there.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -206,8 +205,8 @@ class MomentumSGD(torch.optim.Optimizer):
         """``_CorrectMomentum``: keep ``v`` (which holds lr * grad) in scale with the new lr."""
         logger.info("Scaling update history by %.6f (new lr / old lr)", correction)
         buffers = [s["momentum_buffer"] for s in self.state.values() if "momentum_buffer" in s]
-        for group in _by_device_and_dtype(buffers).values():
-            torch._foreach_mul_(group, float(correction))
+        for (bucket,) in _by_device_and_dtype(buffers):
+            torch._foreach_mul_(bucket, float(correction))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -220,23 +219,18 @@ class MomentumSGD(torch.optim.Optimizer):
             params = group["params"]
             if not params:
                 continue
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("MomentumSGD does not support sparse gradients")
-            bufs = []
+            grads: list[Tensor] = []
+            bufs: list[Tensor] = []
             for p in params:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                if grad.is_sparse:
+                    raise RuntimeError("MomentumSGD does not support sparse gradients")
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                grads.append(grad)
                 bufs.append(state["momentum_buffer"])
-            buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor], list[Tensor]]] = \
-                defaultdict(lambda: ([], [], []))
-            for p, g, v in zip(params, grads, bufs):
-                bucket = buckets[(p.device, p.dtype)]
-                bucket[0].append(p)
-                bucket[1].append(g)
-                bucket[2].append(v)
-            for ps, gs, vs in buckets.values():
+            for ps, gs, vs in _by_device_and_dtype(params, grads, bufs):
                 self._update(ps, gs, vs, group)
         return loss
 
@@ -253,12 +247,17 @@ class MomentumSGD(torch.optim.Optimizer):
         torch._foreach_sub_(params, bufs)
 
 
-def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
-    """``_foreach`` kernels take one device and dtype per call."""
-    out: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
-    for t in tensors:
-        out[(t.device, t.dtype)].append(t)
-    return out
+def _by_device_and_dtype(*lists: list[Tensor]) -> list[tuple[list[Tensor], ...]]:
+    """Parallel lists split by the device and dtype of the first (``_foreach`` kernels take
+    one device and dtype per call), order kept within each bucket."""
+    buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
+    for items in zip(*lists):
+        key = (items[0].device, items[0].dtype)
+        if key not in buckets:
+            buckets[key] = tuple([] for _ in lists)
+        for bucket, t in zip(buckets[key], items):
+            bucket.append(t)
+    return list(buckets.values())
 
 
 def build_optimizer(model: nn.Module, cfg: CfgNode) -> MomentumSGD:

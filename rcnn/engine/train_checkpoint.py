@@ -98,15 +98,13 @@ def find_resume_checkpoint(output_dir: str | os.PathLike[str]) -> ResumePoint | 
     folder = checkpoint_dir(output_dir)
     if not folder.is_dir():
         return None
-    best: tuple[int, Path] | None = None
-    for entry in folder.iterdir():
-        match = _SNAPSHOT_NAME.fullmatch(entry.name)
-        if match and entry.is_file() and (best is None or int(match.group(1)) > best[0]):
-            best = (int(match.group(1)), entry)
-    if best is None:
+    snapshots = [(int(match.group(1)), entry) for entry in folder.iterdir()
+                 if (match := _SNAPSHOT_NAME.fullmatch(entry.name)) and entry.is_file()]
+    if not snapshots:
         return None
-    logger.info("========> Resuming from checkpoint %s at start iter %d", best[1], best[0] + 1)
-    return ResumePoint(best[1], best[0] + 1)
+    last_iter, path = max(snapshots)
+    logger.info("========> Resuming from checkpoint %s at start iter %d", path, last_iter + 1)
+    return ResumePoint(path, last_iter + 1)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -123,18 +123,19 @@ def _is_main_process() -> bool:
 def mean_over_ranks(values: Mapping[str, Tensor | float], device: torch.device | str | None = None) -> dict[str, float]:
     """Average scalar losses/metrics over all ranks in one ``all_reduce`` (float64).
 
-    Without a process group, the values as floats. ``device`` is where the reduction runs
-    (must be CUDA for NCCL; default: the first tensor's device, else CPU)."""
-    keys = list(values)
-    if not (dist.is_available() and dist.is_initialized()):
-        return {k: float(values[k]) for k in keys}
+    Without a process group, the values themselves. Either way the device tensors are read
+    back with one copy (one host-device sync, not one per value). ``device`` is where the
+    reduction runs (must be CUDA for NCCL; default: the first tensor's device, else CPU)."""
+    if not values:
+        return {}
     if device is None:
         device = next((v.device for v in values.values() if isinstance(v, Tensor)), torch.device("cpu"))
-    flat = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).detach().reshape(())
-                        for k in keys])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    return dict(zip(keys, flat.tolist()))
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(())
+                        for v in values.values()])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= dist.get_world_size()
+    return dict(zip(values, flat.tolist()))
 
 
 def peak_gpu_memory_bytes(device: torch.device | str | None) -> int:
