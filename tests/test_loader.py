@@ -116,6 +116,12 @@ def test_train_batch_fields(mask_roidb: list[RoidbEntry]) -> None:
             assert batch.blob[k, :, int(sh):, :].abs().sum() == 0 and batch.blob[k, :, :, int(sw):].abs().sum() == 0
             assert (target.image_id, target.flipped) == (entry.image_id, entry.flipped)
             assert target.boxes.numpy().tobytes() == entry.boxes.tobytes()  # original coordinates
+        moved = batch.to("meta")
+        assert moved.blob.device.type == moved.im_info.device.type == "meta" and moved.blob.shape == batch.blob.shape
+        for t, m in zip(batch.targets, moved.targets):
+            assert all(x.device.type == "meta" for x in (m.boxes, m.classes, m.is_crowd))
+            assert (m.height, m.width, m.image_id, m.flipped, m.segms, m.keypoints) == \
+                (t.height, t.width, t.image_id, t.flipped, t.segms, None)
 
 
 def test_workers_and_ranks_give_the_global_sequence(mask_roidb: list[RoidbEntry]) -> None:

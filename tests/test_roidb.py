@@ -150,6 +150,9 @@ def test_to_targets(shared_data: Path) -> None:
     assert t.keypoints.dtype == torch.float32 and t.keypoints.shape == (7, 3, 17)
     assert torch.equal(t.keypoints, torch.from_numpy(e.gt_keypoints).float())
     assert t.segms == e.segms and t.segms is not e.segms
+    moved = t.to("meta")
+    assert moved.keypoints.device.type == "meta" and moved.keypoints.shape == t.keypoints.shape
+    assert (moved.height, moved.width, moved.image_id, moved.segms) == (427, 640, 397133, t.segms)
     t.boxes += 1  # the entry is not written through
     assert e.boxes[0, 0] == 0.0
     assert gt_roidb(mini_dataset(shared_data, "mask"))[0].to_targets().keypoints is None

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from rcnn.data.train_batch import ImageTargets
-from rcnn.modeling.keypoint_targets import (KeypointTargets, keypoint_minibatch_is_valid,
-                                            keypoints_to_heatmap_labels)
+from rcnn.modeling.keypoint_targets import keypoints_to_heatmap_labels
 from rcnn.modeling.mask_targets import polys_to_boxes, polys_to_mask_wrt_box
 from rcnn.modeling.proposals import collect
 from rcnn.modeling.roi_targets import RoITargetParams, sample_rois
@@ -108,8 +107,15 @@ def test_rpn_targets_image_without_gt_has_negatives_only():
                       [crowd_only], LEVELS, SIZES, RATIOS, RPNTargetParams(),
                       RandomSampler(torch.Generator().manual_seed(0)))
     labels = torch.cat([x.flatten() for x in out.labels])
-    assert (labels != 1).all() and int((labels == 0).sum()) <= 256
+    num_neg = int((labels == 0).sum())
+    assert (labels != 1).all() and 240 < num_neg <= 256   # 256 draws with replacement, few repeats
     assert all(float(w.sum()) == 0 for w in out.bbox_inside_weights)
+    assert all(float(t.abs().sum()) == 0 for t in out.bbox_targets)
+    # outside weights: float32(1 / #labelled) on each coordinate of the negatives, 0 elsewhere
+    outside = torch.cat([w.permute(0, 2, 3, 1).reshape(-1, 4) for w in out.bbox_outside_weights])
+    labels = torch.cat([x.permute(0, 2, 3, 1).flatten() for x in out.labels])   # (y, x, a) like the rows
+    expected = torch.where(labels == 0, torch.tensor(np.float32(1.0 / num_neg)), torch.tensor(0.0))
+    assert torch.equal(outside, expected[:, None].expand(-1, 4))
 
 
 def test_collect_matches_detectron_training_collect():
@@ -224,12 +230,3 @@ def test_non_crowd_rle_ground_truth_is_refused():
     with pytest.raises(ValueError, match="RLE"):
         sample_rois(torch.zeros((0, 5)), torch.tensor([[300.0, 400.0, 1.0]]), [t], RoITargetParams(mask_resolution=28),
                     RandomSampler())
-
-
-def test_keypoint_minibatch_validity_rule():
-    def targets(weights):
-        w = torch.tensor(weights, dtype=torch.float32).reshape(-1, 17)
-        return KeypointTargets(torch.zeros((w.shape[0], 5)), torch.zeros_like(w, dtype=torch.int64), w)
-    assert not keypoint_minibatch_is_valid(targets([]), 20)
-    assert not keypoint_minibatch_is_valid(targets([1.0] * 20 + [0.0] * 14), 20)
-    assert keypoint_minibatch_is_valid(targets([1.0] * 21 + [0.0] * 13), 20)

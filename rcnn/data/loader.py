@@ -18,9 +18,10 @@ run repeatable and comparable with Detectron's NumPy code (reference §5.2).
   ``im_list_to_blob`` (``rcnn.data.preprocess``); ``im_info = [round(h*s), round(w*s), s]``
   float32 from the roidb's (json) size, unpadded, as ``roi_data/rpn.py::add_rpn_blobs``.
 
-Keypoint models: Detectron draws the next minibatch when one has too few visible keypoints
-in its sampled RoIs; that check belongs to the RoI sampler, which then simply takes the next
-``TrainBatch`` of this rank's stream.
+Keypoint models: Detectron's loader re-draws a minibatch that ``get_minibatch`` reports invalid
+(``finalize_keypoint_minibatch``: too few visible keypoints), but in end-to-end training the RPN
+path always reports it valid and the collect op ignores that verdict, so no minibatch is ever
+re-drawn; nor is one here.
 """
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from pycocotools import mask as mask_util
 from rcnn.config import CfgNode
 from rcnn.data.datasets import COCO_KEYPOINT_FLIP_MAP, COCODataset, DatasetError, canonical_dataset_names
 from rcnn.data.train_batch import ImageTargets
+from rcnn.ops import boxes as box_ops
 
 __all__ = [
     "DatasetSpec",
@@ -83,7 +84,7 @@ class RoidbEntry:
     @property
     def max_overlaps(self) -> np.ndarray:
         """Detectron's gt-only ``max_overlaps`` (float32): 1 for a box, -1 for a crowd region."""
-        return np.where(self.is_crowd, np.float32(-1), np.float32(1)).astype(np.float32)
+        return np.where(self.is_crowd, np.float32(-1), np.float32(1))
 
     def to_targets(self) -> ImageTargets:
         """The entry as the model's ``ImageTargets`` (keypoints as exact float32 integers)."""
@@ -115,9 +116,9 @@ def _gt_entry(dataset: COCODataset, image_id: int, gt_min_area: float) -> RoidbE
     objs = [o for o in objs if not o["area"] < gt_min_area and o.get("ignore", 0) != 1]
     num_kps = 0 if dataset.keypoint_names is None else len(dataset.keypoint_names)
     if objs:
-        xywh = np.array([o["bbox"] for o in objs], dtype=np.float64).reshape(-1, 4)
-        xyxy = np.hstack((xywh[:, :2], xywh[:, :2] + np.maximum(0.0, xywh[:, 2:] - 1.0)))
-        xyxy = np.minimum(np.array([width, height, width, height], np.float64) - 1.0, np.maximum(0.0, xyxy))
+        # xywh_to_xyxy + clip_xyxy_to_image in float64, as Detectron's Python floats
+        xywh = torch.tensor([o["bbox"] for o in objs], dtype=torch.float64).reshape(-1, 4)
+        xyxy = box_ops.clip_tiled(box_ops.xywh_to_xyxy(xywh), height, width).numpy()
         area = np.array([o["area"] for o in objs], dtype=np.float64)
         keep = np.flatnonzero((area > 0) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1]))
     else:

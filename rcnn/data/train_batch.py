@@ -6,7 +6,7 @@ targets work in original coordinates and scale the sampled RoIs (reference §5.2
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -28,8 +28,8 @@ class ImageTargets:
 
     def to(self, device: torch.device | str) -> "ImageTargets":
         kp = self.keypoints.to(device) if self.keypoints is not None else None
-        return ImageTargets(self.height, self.width, self.boxes.to(device), self.classes.to(device),
-                            self.is_crowd.to(device), self.segms, kp, self.flipped, self.image_id)
+        return replace(self, boxes=self.boxes.to(device), classes=self.classes.to(device),
+                       is_crowd=self.is_crowd.to(device), keypoints=kp)
 
 
 @dataclass

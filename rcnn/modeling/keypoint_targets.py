@@ -52,14 +52,3 @@ def keypoints_to_heatmap_labels(keypoints: Tensor, rois: Tensor, heatmap_size: i
              & (keypoints[:, 2] > 0))
     loc = torch.where(valid, y_hm * heatmap_size + x_hm, torch.zeros_like(x_hm))
     return loc.to(torch.int64), valid.to(rois.dtype)
-
-
-def keypoint_minibatch_is_valid(targets: KeypointTargets, min_count: int) -> bool:
-    """Detectron's ``finalize_keypoint_minibatch`` rule: some keypoint RoI and more than
-    ``min_count`` (``KRCNN.MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH``) visible keypoints.
-
-    Detectron applies it only when training on precomputed proposals: in end-to-end
-    training the collect op ignores the flag (and the loader's RPN path always reports a
-    valid minibatch), so no minibatch is ever re-drawn there.
-    """
-    return targets.weights.shape[0] > 0 and float(targets.weights.sum()) > min_count

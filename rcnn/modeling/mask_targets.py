@@ -64,21 +64,22 @@ def polys_to_mask_wrt_box(polygons: Sequence[Sequence[float]], box: np.ndarray, 
     return (mask_util.decode(rle).sum(axis=2) > 0).astype(np.uint8)
 
 
-def image_mask_targets(fg_boxes: Tensor, segms: Sequence, noncrowd: Tensor, resolution: int) -> Tensor:
-    """(N, R, R) int32 targets of one image's foreground RoIs.
+def image_mask_targets(fg_boxes: Tensor, segms: Sequence, is_crowd: Tensor, resolution: int) -> Tensor:
+    """(N, R, R) int32 targets of one image's foreground RoIs, on the CPU.
 
     Args:
         fg_boxes: (N, 4) float32 RoIs in original image coordinates.
         segms: the image's segmentations, one per ground-truth row.
-        noncrowd: indices of the non-crowd ground-truth rows (whose segms are polygons).
+        is_crowd: (G,) bool per ground-truth row; only the non-crowd rows (polygons) are read.
 
     An image whose only ground truth is crowd can still have foreground RoIs (their best
     IoU is with a crowd box); Detectron would fail there, here they get ignored (-1) masks.
     """
     n = fg_boxes.shape[0]
     out = torch.full((n, resolution, resolution), -1, dtype=torch.int32)
-    polys = [segms[int(k)] for k in noncrowd]
-    for k, p in zip(noncrowd.tolist(), polys):
+    noncrowd = torch.nonzero(~is_crowd.cpu(), as_tuple=True)[0].tolist()
+    polys = [segms[k] for k in noncrowd]
+    for k, p in zip(noncrowd, polys):
         if isinstance(p, dict):
             raise ValueError(f"non-crowd ground truth {k} has an RLE mask; Detectron trains on polygons only")
     if n == 0 or not polys:

@@ -201,9 +201,8 @@ def sample_rois(
         if params.mask_resolution is not None:
             is_fg = labels > 0
             if bool(is_fg.any()):
-                noncrowd = torch.nonzero(~t.is_crowd, as_tuple=True)[0].cpu()
                 m_boxes = sampled[is_fg]
-                m_targets = image_mask_targets(m_boxes, t.segms, noncrowd, params.mask_resolution).to(device)
+                m_targets = image_mask_targets(m_boxes, t.segms, t.is_crowd, params.mask_resolution).to(device)
                 m_classes = labels[is_fg]
             else:
                 # No foreground: the first RoI stands in, with an all-ignored mask and class 0.

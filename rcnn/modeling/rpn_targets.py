@@ -144,12 +144,11 @@ def _image_targets(anchors: Tensor, im_h: Tensor, im_w: Tensor, gt: Tensor, para
     targets = anchors.new_zeros((n, 4))
     if fg_inds.numel() > 0:
         targets[fg_inds] = box_ops.encode(anchors[fg_inds], gt[argmax[fg_inds]], (1.0, 1.0, 1.0, 1.0))
-    inside_w = anchors.new_zeros((n, 4))
-    inside_w[labels == 1] = 1.0
-    outside_w = anchors.new_zeros((n, 4))
-    num_examples = int((labels >= 0).sum())
-    if num_examples > 0:
-        outside_w[labels >= 0] = 1.0 / num_examples   # float64 1/n rounded to float32, as in NumPy
+    inside_w = (labels == 1).to(anchors.dtype)[:, None].expand(n, 4)
+    labelled = labels >= 0
+    # float64 1 / #labelled rounded to float32, as NumPy; computed on the device (no sync)
+    weight = (1.0 / labelled.sum().double()).to(anchors.dtype)
+    outside_w = torch.where(labelled, weight, torch.zeros_like(weight))[:, None].expand(n, 4)
 
     def unmap(values: Tensor, fill: float) -> Tensor:
         full = values.new_full((n_all,) + values.shape[1:], fill)
