@@ -82,8 +82,7 @@ def _kind_lines(kind: FileKind) -> list[str]:
     if kind.kind == "imagenet":
         lines.append("note: not a detector: use it as TRAIN.WEIGHTS for training, not for inference")
     if kind.family:
-        config = kind.baseline_config
-        where = f"{config.parent.name}/{config.name}" if config else "no baseline config in this project"
+        where = kind.baseline_config_name or "no baseline config in this project"
         lines.append(f"config family: {kind.family} ({where})")
     if kind.num_classes is not None:
         lines.append(f"classes: {kind.num_classes} (background included)")
@@ -101,7 +100,7 @@ def inspect_file(path: str) -> list[str]:
         pkl = read_detectron_pkl(path)
         layout = "{'blobs', 'cfg'} dict" if pkl.wrapped else "flat name -> array dict"
         lines = [f"file: {path}", f"format: Detectron pickle, protocol {pickle_protocol(path)}, {layout}"]
-        lines += _kind_lines(detect_kind({n: a.shape for n, a in pkl.blobs.items()}))
+        lines += _kind_lines(detect_kind(pkl.shapes))
         lines.append("blobs: " + _blob_counts(list(pkl.blobs)))
         if pkl.cfg_yaml is not None:
             try:
@@ -152,8 +151,7 @@ def _run(args: argparse.Namespace) -> None:
             raise ConvertError("--style applies to .pt -> .pkl conversion")
         # The input and the config are checked before torch is loaded, so that bad input fails fast.
         pkl = read_detectron_pkl(args.src)
-        kind = detect_kind({name: array.shape for name, array in pkl.blobs.items()})
-        cfg = load_cfg(args.cfg) if args.cfg else cfg_for_file(kind, args.src)
+        cfg = load_cfg(args.cfg) if args.cfg else cfg_for_file(detect_kind(pkl.shapes), args.src)
         from convert.checkpoint import pkl_to_pt
 
         report = pkl_to_pt(args.src, args.dst, cfg, keep_momentum=args.keep_momentum,

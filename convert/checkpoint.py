@@ -21,7 +21,6 @@ and our own checkpoints must never need code execution to load.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -36,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from convert.detectron_cfg import check_detectron_cfg, dump_detectron_cfg
-from convert.errors import ConvertError, WeightsMismatchError
+from convert.errors import ConvertError, WeightsMismatchError, first_line
 from convert.kinds import (
     IMAGENET_CLASSIFIER,
+    RESNET_CONV_WEIGHT,
     FileKind,
     cfg_for_file,
     cfg_kind,
@@ -47,6 +47,7 @@ from convert.kinds import (
     orphan_group,
 )
 from convert.pickle_io import DetectronPkl, atomic_write, read_detectron_pkl, write_detectron_pkl
+from parity.fileio import file_sha256
 from rcnn.config import CfgNode, cfg_from_yaml_text, cfg_to_yaml, load_cfg
 from rcnn.modeling import GeneralizedRCNN, UnsupportedModelError, build_model
 from rcnn.naming import blob_to_key, key_to_blob
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "detectron-parity/checkpoint"
 FORMAT_VERSION = 1
 
-_RESNET_CONV_WEIGHT = re.compile(r"^(conv1|res\d+_\d+_branch(1|2[abc]))_w$")
 _FIXED_BLOBS = ("kps_score_w", "kps_score_b")  # Detectron's fixed bilinear upsampling (§2.6)
 _LIST_LIMIT = 20  # names per category in a one-line message; the report has them all
 
@@ -83,12 +83,11 @@ class LoadReport:
         return (f"{len(self.loaded)} blobs loaded; ignored {len(self.ignored_momentum)} momentum and "
                 f"{len(self.ignored_preserved)} preserved ImageNet blobs")
 
-    def problems(self, limit: int | None = _LIST_LIMIT) -> str:
-        """The mismatches, every blob by name (up to ``limit`` per category), on one line."""
+    def problems(self) -> str:
+        """The mismatches, every blob by name (up to ``_LIST_LIMIT`` per category), on one line."""
         def names(items: Sequence[str]) -> str:
-            shown = list(items if limit is None else items[:limit])
-            more = len(items) - len(shown)
-            return ", ".join(shown) + (f", ... and {more} more" if more else "")
+            more = len(items) - _LIST_LIMIT
+            return ", ".join(items[:_LIST_LIMIT]) + (f", ... and {more} more" if more > 0 else "")
 
         parts = []
         if self.shape_mismatch:
@@ -133,9 +132,8 @@ def _mismatch_message(report: LoadReport, cfg: CfgNode) -> str:
         text += f" (config family {have.family})"
     text += f", the config builds a {want.describe()}"
     if have.family and have.family != want.family:
-        hint = have.baseline_config
-        text += (f"; use the config {hint.parent.name}/{hint.name}" if hint
-                 else f"; it needs a Detectron config of family {have.family}")
+        hint = have.baseline_config_name
+        text += f"; use the config {hint}" if hint else f"; it needs a Detectron config of family {have.family}"
     elif have.num_classes is not None and have.num_classes != want.num_classes:
         text += f"; its config needs MODEL.NUM_CLASSES: {have.num_classes}"
     return f"{text}. {report.problems()}"
@@ -143,13 +141,11 @@ def _mismatch_message(report: LoadReport, cfg: CfgNode) -> str:
 
 def _load_blobs(model: nn.Module, pkl: DetectronPkl, cfg: CfgNode, source: str,
                 strict: bool, check_cfg: bool) -> LoadReport:
-    shapes = {name: array.shape for name, array in pkl.blobs.items()}
-    kind = detect_kind(shapes)
-    if kind.kind == "imagenet" and strict:
-        raise not_a_detector(source, kind)
     state = model.state_dict()
     keys = blob_to_key(state)
-    report = match_blobs(shapes, {blob: state[key].shape for blob, key in keys.items()}, source)
+    report = match_blobs(pkl.shapes, {blob: state[key].shape for blob, key in keys.items()}, source)
+    if strict and report.kind.kind == "imagenet":
+        raise not_a_detector(source, report.kind)
     if strict and not report.ok:
         raise WeightsMismatchError(_mismatch_message(report, cfg), report)
     if check_cfg and pkl.cfg_yaml is not None:
@@ -242,8 +238,8 @@ def _weights_only_failure(path: str, e: Exception) -> ConvertError:
     if refused:
         return ConvertError(f"refusing to load {path}: it holds the Python object {refused.group(1)}, not only "
                             "tensors, numbers and strings, so it cannot be loaded safely (weights_only=True)")
-    detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
-    return ConvertError(f"{path} is not a readable PyTorch checkpoint ({detail[0] if detail else type(e).__name__})")
+    detail = first_line(text.split("WeightsUnpickler error:")[-1], type(e).__name__)
+    return ConvertError(f"{path} is not a readable PyTorch checkpoint ({detail})")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -256,7 +252,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     except pickle.UnpicklingError as e:
         raise _weights_only_failure(name, e) from None
     except Exception as e:  # EOFError, RuntimeError (bad zip), ...: the file is not a checkpoint
-        detail = str(e).splitlines()[0] if str(e) else "the file is empty or truncated"
+        detail = first_line(e, "the file is empty or truncated")
         raise ConvertError(f"{name} is not a readable PyTorch checkpoint ({type(e).__name__}: {detail})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         what = "a plain state dict or another program's file" if isinstance(obj, dict) else f"a {type(obj).__name__}"
@@ -274,23 +270,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(state, cfg_yaml, meta, extra)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], str, dict[str, Any]]:
-    """``(state_dict, cfg_yaml_text, meta)`` of one of our checkpoints (always weights_only)."""
-    ckpt = read_checkpoint(path)
-    return ckpt.state_dict, ckpt.cfg_yaml, ckpt.meta
-
-
 # ---------------------------------------------------------------------------------------------
 # Conversions
 # ---------------------------------------------------------------------------------------------
-def _sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _build(cfg: CfgNode) -> GeneralizedRCNN:
     try:
         return build_model(cfg)
@@ -310,13 +292,13 @@ def pkl_to_pt(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     source = os.fspath(src)
     pkl = pkl if pkl is not None else read_detectron_pkl(src)
     if cfg is None:
-        cfg = cfg_for_file(detect_kind({n: a.shape for n, a in pkl.blobs.items()}), source)
+        cfg = cfg_for_file(detect_kind(pkl.shapes), source)
     elif not isinstance(cfg, CfgNode):
         cfg = load_cfg(cfg)
     model = _build(cfg)
     report = _load_blobs(model, pkl, cfg, source, strict=True, check_cfg=check_cfg)
     kept = (report.ignored_momentum if keep_momentum else []) + (report.ignored_preserved if keep_preserved else [])
-    meta = {"source_file": Path(source).name, "source_sha256": _sha256(src), "source_kind": report.kind.describe(),
+    meta = {"source_file": Path(source).name, "source_sha256": file_sha256(src), "source_kind": report.kind.describe(),
             "source_has_cfg": pkl.cfg_yaml is not None}
     save_checkpoint(dst, model, cfg, meta, {name: pkl.blobs[name] for name in kept})
     return report
@@ -363,7 +345,7 @@ def preserved_imagenet_shapes(blob_shapes: Mapping[str, Sequence[int]]) -> dict[
     (``conv1_b``, ``res2_0_branch2a_b``, ...) and the classifier ``fc1000_w``/``fc1000_b``."""
     out = {}
     for blob, shape in blob_shapes.items():
-        if _RESNET_CONV_WEIGHT.match(blob):
+        if RESNET_CONV_WEIGHT.match(blob):
             out[blob[:-2] + "_b"] = (int(shape[0]),)
     last = max((b for b in blob_shapes if re.match(r"^res5_\d+_branch2c_w$", b)), key=lambda b: int(b.split("_")[1]))
     out["fc1000_w"] = (1000, int(blob_shapes[last][0]))

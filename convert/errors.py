@@ -12,6 +12,12 @@ if TYPE_CHECKING:
     from convert.checkpoint import LoadReport
 
 
+def first_line(text: object, default: str) -> str:
+    """The first non-empty line of ``str(text)`` (an exception's message), else ``default``."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else default
+
+
 class ConvertError(Exception):
     """Bad input for the converter; ``str(e)`` is one line meant for the user."""
 

@@ -24,8 +24,11 @@ BASELINE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "12_2017
 _RES4_BLOCK = re.compile(r"^res4_(\d+)_")
 _DEPTH_BY_RES4_BLOCKS = {6: 50, 23: 101, 36: 152}
 _CONV_BODY = re.compile(r"ResNet(\d+)_conv\d_body$")
-# Unused blobs that Detectron checkpoints inherit from the ImageNet init (reference §1.2, §1.5).
-RESNET_CONV_BIAS = re.compile(r"^(conv1|res\d+_\d+_branch(1|2[abc]))_b$")
+# Unused blobs that Detectron checkpoints inherit from the ImageNet init (reference §1.2, §1.5):
+# a (zero) bias beside every ResNet conv weight, and the classifier.
+_RESNET_CONV = r"(conv1|res\d+_\d+_branch(1|2[abc]))"
+RESNET_CONV_WEIGHT = re.compile(f"^{_RESNET_CONV}_w$")
+RESNET_CONV_BIAS = re.compile(f"^{_RESNET_CONV}_b$")
 IMAGENET_CLASSIFIER = ("fc1000_w", "fc1000_b")
 _HEAD_PREFIX = {
     ("box",): "faster",
@@ -73,6 +76,12 @@ class FileKind:
             return None
         path = BASELINE_CONFIGS / f"{self.family}_1x.yaml"
         return path if path.is_file() else None
+
+    @property
+    def baseline_config_name(self) -> str | None:
+        """``12_2017_baselines/<family>_1x.yaml`` as messages name it, if the project ships it."""
+        path = self.baseline_config
+        return f"{path.parent.name}/{path.name}" if path else None
 
     def describe(self) -> str:
         """E.g. ``Mask R-CNN detector, R-50-FPN, 81 classes``."""

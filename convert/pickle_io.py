@@ -20,14 +20,13 @@ import logging
 import os
 import pickle
 import struct
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Callable, Collection, Iterator, Mapping
 
 import numpy as np
 
-from convert.errors import ConvertError, UnsafePickleError
+from convert.errors import ConvertError, UnsafePickleError, first_line
+from parity.fileio import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def load_pickle(path: str | os.PathLike[str]) -> Any:
         except EOFError:
             raise ConvertError(f"{name} is truncated: the pickle ends before its STOP opcode") from None
         except Exception as e:  # whatever else goes wrong, the file is corrupt
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            detail = first_line(e, type(e).__name__)
             if "truncated" in detail:
                 raise ConvertError(f"{name} is truncated: {detail}") from None
             raise ConvertError(f"{name} is not a valid Detectron pickle ({type(e).__name__}: {detail})") from None
@@ -145,6 +144,11 @@ class DetectronPkl:
     blobs: dict[str, np.ndarray]
     cfg_yaml: str | None
     wrapped: bool
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{blob name: shape}``, what ``convert.kinds.detect_kind`` and blob matching read."""
+        return {name: array.shape for name, array in self.blobs.items()}
 
 
 def _as_text(value: Any, what: str, source: str) -> str:
@@ -191,27 +195,13 @@ def read_detectron_pkl(path: str | os.PathLike[str]) -> DetectronPkl:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Yield a file in ``path``'s directory that replaces ``path`` only once it is complete.
-
-    On any failure the temporary file is removed, so no partial output is ever left; an
-    unwritable location is a ``ConvertError``.
-    """
-    target = Path(path)
+    """``parity.fileio.atomic_file`` (no partial output, ever) with an unwritable location
+    reported as a ``ConvertError``."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    except OSError as e:
-        raise ConvertError(f"cannot write {target}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             yield f
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ConvertError(f"cannot write {target}: {e.strerror or e}") from None
-        raise
+    except OSError as e:
+        raise ConvertError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from parity import benchmark_md, compare, losses, match
 from parity.evaluate import BACKENDS, evaluate, summary_lines
-from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json
+from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json, split_label
 from parity.records import IOU_TYPES
 from parity.reference import resolve_model
 
@@ -67,10 +67,8 @@ def _cmd_losses(args: argparse.Namespace) -> int:
         raise InputError(f"--scale needs one factor per log ({len(args.logs)}), got {len(args.scale)}")
     logs = []
     for i, spec in enumerate(args.logs):
-        label, sep, path = spec.partition("=")
-        if not sep or Path(spec).exists():
-            label, path = None, spec
-        log = losses.parse_log(path, label)
+        label, path = split_label(spec)
+        log = losses.parse_log(path, label or None)
         log.scale = args.scale[i] if args.scale else 1.0
         logs.append(log)
     at = [int(t) for t in args.at.split(",")] if args.at else losses.default_iterations(logs)
@@ -88,15 +86,16 @@ def _cmd_benchmark_md(args: argparse.Namespace) -> int:
         rows = [compare.load_run(spec, args.ann, args.backend, progress=True) for spec in args.add]
         data = benchmark_md.add_runs(data, rows, args.model)
     for spec in args.add_speed or []:
-        label, sep, path = spec.rpartition("=")
+        label, path = split_label(spec)
         data = benchmark_md.add_speed(data, load_json(path, "benchmark result"), label or Path(path).stem, path)
     for spec in args.figure or []:
         model, sep, path = spec.partition("=")
         if not sep:
             raise InputError(f"--figure {spec!r}: expected MODEL=PATH")
-        data["figures"][resolve_model(model)] = path
-        if not path:
-            del data["figures"][resolve_model(model)]
+        if path:
+            data["figures"][resolve_model(model)] = path
+        else:
+            data["figures"].pop(resolve_model(model), None)
     text = benchmark_md.render(data)
     if args.check:
         current = Path(args.file).read_text(encoding="utf-8") if Path(args.file).exists() else ""

@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from parity.compare import Row, reference_row
-from parity.fileio import InputError, PathLike, atomic_write_text
+from parity.fileio import InputError, PathLike
 from parity.metrics import Metrics
 from parity.records import IOU_TYPES
 from parity.reference import DETECTRON_MODEL_ZOO, MODELS, resolve_model
 
 TITLES = {"bbox": "Box", "segm": "Mask", "keypoints": "Keypoint"}
+_DET_HEADERS = ("AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 HEADERS = {
-    "bbox": ("AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
-    "segm": ("AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "bbox": _DET_HEADERS,
+    "segm": _DET_HEADERS,
     "keypoints": ("AP50:95", "AP50", "AP75", "APm", "APl", "AR50:95", "AR50", "AR75", "ARm", "ARl"),
 }
 SECTIONS = (("Faster R-CNN", "e2e_faster_rcnn_R-50-FPN_1x"), ("Mask R-CNN", "e2e_mask_rcnn_R-50-FPN_1x"),
@@ -165,11 +166,6 @@ def speed_section(entries: Sequence[dict[str, Any]]) -> str:
                          f"{row['model']} | {row['ours_s_per_img']:.4f} | {row['torchvision_s_per_img']:.4f} | "
                          f"{row['torchvision_s_per_img'] / row['ours_s_per_img']:.2f}x |")
     return "\n".join(lines) + "\n"
-
-
-def write(path: PathLike, data: dict[str, Any]) -> None:
-    """Render ``data`` into ``path`` atomically."""
-    atomic_write_text(path, render(data))
 
 
 _HEADER = """# Benchmark results

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.evaluate import STAT_NAMES, evaluate
-from parity.fileio import InputError, load_json
+from parity.fileio import InputError, load_json, split_label
 from parity.metrics import Metrics
 from parity.records import IOU_TYPES, infer_iou_types, load_gt
 from parity.reference import MODELS, config_stem, model_for_types, resolve_model
@@ -62,9 +62,7 @@ def load_run(spec: str, ann: str | os.PathLike | None = None, backend: str = "py
     defaults to provenance ``label``, else the directory (for ``metrics.json``) or the
     first file's stem.
     """
-    label, sep, paths = spec.partition("=")
-    if not sep or os.path.exists(spec):
-        label, paths = "", spec
+    label, paths = split_label(spec)
     files = [Path(p) for p in paths.split(",") if p]
     if not files:
         raise InputError(f"{spec!r}: no path given")

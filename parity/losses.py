@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.fileio import InputError, PathLike, atomic_write_bytes
+from parity.fileio import InputError, PathLike, atomic_write_bytes, open_input
 
 MARKER = "json_stats: "
 MAIN_KEYS = ("loss", "loss_cls", "loss_bbox", "loss_rpn_cls", "loss_rpn_bbox", "loss_mask", "loss_kps")
@@ -86,13 +86,8 @@ def _add_rpn_sums(values: dict[str, np.ndarray]) -> None:
 def parse_log(path: PathLike, label: str | None = None) -> LossLog:
     """Parse a training log file (label defaults to the file's stem)."""
     path = Path(path)
-    try:
-        with path.open(encoding="utf-8", errors="replace") as f:
-            return parse_lines(f, str(path), label if label is not None else path.stem)
-    except FileNotFoundError:
-        raise InputError(f"{path}: log file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a log file") from None
+    with open_input(path, "log file", "r", encoding="utf-8", errors="replace") as f:
+        return parse_lines(f, str(path), label if label is not None else path.stem)
 
 
 def plot_keys(logs: Sequence[LossLog], per_level: bool = False) -> list[str]:

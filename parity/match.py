@@ -223,9 +223,7 @@ def _candidate_pairs(a: _Side, b: _Side, iou_type: str, min_iou: float, progress
         out_a.append(pa[keep])
         out_b.append(pb[keep])
         out_s.append(sim[keep])
-    if not out_a:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
+    return _concat_pairs(out_a, out_b, out_s)
 
 
 def _mask_pairs(a: _Side, b: _Side, min_iou: float, progress: bool) -> tuple[np.ndarray, ...]:
@@ -241,6 +239,11 @@ def _mask_pairs(a: _Side, b: _Side, min_iou: float, progress: bool) -> tuple[np.
         out_a.append(ra + sa)
         out_b.append(rb + sb)
         out_s.append(ious[ra, rb])
+    return _concat_pairs(out_a, out_b, out_s)
+
+
+def _concat_pairs(out_a: list, out_b: list, out_s: list) -> tuple[np.ndarray, ...]:
+    """(rows in A, rows in B, similarities) from per-chunk lists; empty arrays for no chunk."""
     if not out_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_s)
@@ -340,8 +343,8 @@ def match_files(path_a: str | os.PathLike, path_b: str | os.PathLike, iou_type: 
     """
     records_a, records_b = load_results(path_a), load_results(path_b)
     if iou_type is None:
-        common = [t for t in IOU_TYPES if t in infer_iou_types(records_a, str(path_a))
-                  and t in infer_iou_types(records_b, str(path_b))]
+        in_b = infer_iou_types(records_b, str(path_b))
+        common = [t for t in infer_iou_types(records_a, str(path_a)) if t in in_b]
         if not common:
             raise InputError(f"{path_a} and {path_b} hold different result types")
         iou_type = common[-1]

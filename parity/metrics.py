@@ -10,8 +10,15 @@ Schema (every key optional except that at least one of the three types is presen
     }
 
 ``names`` must be exactly :data:`parity.evaluate.STAT_NAMES` for the type, ``stats`` are
-``COCOeval.stats`` at full float precision. ``provenance`` is free-form JSON; the keys the
-parity tools read are listed in :data:`PROVENANCE_KEYS`.
+``COCOeval.stats`` at full float precision. ``provenance`` is free-form JSON; the parity
+tools read these keys of it:
+
+- ``label``: row name in comparison tables (default: the run's directory name);
+- ``model``: Detectron config name, e.g. ``e2e_mask_rcnn_R-50-FPN_1x`` (selects the reference rows);
+- ``weights_source``: ``zoo`` (converted Detectron weights) or ``scratch`` (trained here): picks the tolerance;
+- ``weights``, ``dataset``, ``backend``: path or URL of the weights evaluated, evaluation dataset
+  name (e.g. ``coco_2017_val``), evaluation backend (pycocotools or faster-coco-eval), shown in
+  BENCHMARK.md run notes.
 """
 from __future__ import annotations
 
@@ -22,16 +29,6 @@ from typing import Any
 from parity.evaluate import STAT_NAMES, Stats
 from parity.fileio import InputError, PathLike, atomic_write_json, load_json
 from parity.records import IOU_TYPES
-
-PROVENANCE_KEYS = {
-    "label": "row name in comparison tables (default: the run's directory name)",
-    "model": "Detectron config name, e.g. e2e_mask_rcnn_R-50-FPN_1x (selects the reference rows)",
-    "weights_source": "'zoo' (converted Detectron weights) or 'scratch' (trained here): picks the tolerance",
-    "weights": "path or URL of the weights evaluated",
-    "dataset": "evaluation dataset name, e.g. coco_2017_val",
-    "backend": "evaluation backend (pycocotools or faster-coco-eval)",
-}
-
 
 @dataclass
 class Metrics:

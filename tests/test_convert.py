@@ -7,7 +7,9 @@ special bit patterns (-0, infinities, NaN payloads, denormals) to make "bit-exac
 """
 from __future__ import annotations
 
+import configparser
 import hashlib
+import importlib
 import logging
 import re
 import subprocess
@@ -23,7 +25,6 @@ from convert import checkpoint
 from convert.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
-    load_checkpoint,
     load_detectron_weights,
     momentum_blob_names,
     pkl_to_pt,
@@ -163,11 +164,8 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Independent of ``parity.fileio.file_sha256``, which the converter uses."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def files_in(directory: Path) -> list[str]:
@@ -272,9 +270,11 @@ def test_checkpoint_loads_weights_only_and_has_the_schema(files, tmp_path):
     assert all(isinstance(v, (str, int, float, bool)) for v in obj["meta"].values())
     assert obj["meta"]["source_sha256"] == sha256(f.path)
     assert obj["meta"]["source_file"] == "faster.pkl" and obj["meta"]["source_kind"] == DESCRIBE["faster"]
-    state, cfg_yaml, meta = load_checkpoint(pt)
-    assert list(state) == list(build_model(f.cfg).state_dict()) and meta == obj["meta"]
-    assert cfg_from_yaml_text(cfg_yaml) == f.cfg
+    ckpt = read_checkpoint(pt)
+    assert list(ckpt.state_dict) == list(build_model(f.cfg).state_dict()) and ckpt.meta == obj["meta"]
+    assert cfg_from_yaml_text(ckpt.cfg_yaml) == f.cfg
+    for key, tensor in ckpt.state_dict.items():
+        assert same_bits(tensor.numpy(), obj["state_dict"][key].numpy()), key
 
 
 def test_load_detectron_weights_into_a_model(files, caplog):
@@ -421,7 +421,7 @@ def test_never_loads_with_weights_only_off(monkeypatch, tmp_path, files):
     real = torch.load
     monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: seen.append(k) or real(*a, **k))
     save_checkpoint(tmp_path / "c.pt", {"backbone.conv1.weight": torch.ones(2)}, files["faster"].cfg)
-    load_checkpoint(tmp_path / "c.pt")
+    read_checkpoint(tmp_path / "c.pt")
     assert seen and all(k.get("weights_only") is True for k in seen)
 
 
@@ -566,6 +566,25 @@ def test_cli_refuses_foreign_checkpoint_in_process(tmp_path, capsys):
     assert err.count("\n") == 1 and re.match(r"error: refusing to load .*foreign.pt: it holds the Python object "
                                               r"\S*Foreign, not only tensors, numbers and strings", err)
     assert files_in(tmp_path) == ["foreign.pt"]
+
+
+def _console_scripts() -> dict[str, str]:
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
+
+
+def test_console_scripts_resolve(capsys):
+    """setup.cfg's console scripts name the two ``main`` functions, whose --help works."""
+    scripts = _console_scripts()
+    assert scripts == {"detectron-convert": "convert.__main__:main", "detectron-parity": "parity.__main__:main"}
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        with pytest.raises(SystemExit) as exit_info:
+            getattr(importlib.import_module(module), func)(["--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: "), name
 
 
 def test_console_script_is_installed():

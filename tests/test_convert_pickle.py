@@ -9,6 +9,7 @@ import os
 import pickle
 import pickletools
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -304,8 +305,24 @@ def test_unwritable_locations(tmp_path):
     with pytest.raises(ConvertError, match="cannot write .*dir.pkl: Is a directory"):
         write_detectron_pkl(tmp_path / "dir.pkl", blobs, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.pkl", "file"]
-    if os.geteuid() != 0:  # root writes anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o500)
-        with pytest.raises(ConvertError, match="cannot write .*Permission denied"):
-            write_detectron_pkl(ro / "x.pkl", blobs, None)
+
+
+def test_permission_denied_is_a_convert_error(tmp_path, monkeypatch):
+    """The message for a directory we may not write in (root may write anywhere, so the
+    refusal is simulated where the temporary file is created)."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ConvertError, match="cannot write .*x.pkl: Permission denied"):
+        write_detectron_pkl(tmp_path / "x.pkl", {"a": np.ones(1, np.float32)}, None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_directory(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(ConvertError, match="cannot write .*Permission denied"):
+        write_detectron_pkl(ro / "x.pkl", {"a": np.ones(1, np.float32)}, None)
+    assert list(ro.iterdir()) == []

@@ -157,6 +157,11 @@ def test_load_run_forms(shared_data, tmp_path):
     save_metrics(_metrics_like_reference(model), run_dir / "metrics.json")
     assert load_run(str(run_dir)).label == "run7"
     assert load_run(f"trial={run_dir / 'metrics.json'}").label == "trial"
+    odd = tmp_path / "lr=0.02"  # a path with '=' in it is a path, not LABEL=PATH
+    odd.mkdir()
+    save_metrics(_metrics_like_reference(model), odd / "metrics.json")
+    assert load_run(str(odd)).label == "lr=0.02"
+    assert load_run(f"x={odd}").label == "x"
     folder = shared_data / "d2-coco-eval-2img"
     row = load_run(f"d2={folder / 'dt.json'}", ann=folder / "gt.json")
     assert set(row.values) == {"bbox", "segm"}  # detectron2 records carry both
@@ -169,14 +174,11 @@ def test_load_run_forms(shared_data, tmp_path):
 
 def test_benchmark_md_speed_section(tmp_path):
     """tools/benchmark.py results render as a speed table and survive re-rendering."""
-    import json as _json
-
-    from parity import benchmark_md
     from parity.__main__ import main
 
     bench = {"device": "cpu", "threads": 2, "torch": "2.x", "batch": 1, "size": [800, 1216], "tf32": False,
              "rows": [{"model": "mask", "ours_s_per_img": 2.0, "torchvision_s_per_img": 5.0, "speedup": 2.5}]}
-    (tmp_path / "b.json").write_text(_json.dumps(bench))
+    (tmp_path / "b.json").write_text(json.dumps(bench))
     md = tmp_path / "BENCHMARK.md"
     assert main(["benchmark-md", "--file", str(md), "--add-speed", f"cpu-run={tmp_path / 'b.json'}"]) == 0
     text = md.read_text()

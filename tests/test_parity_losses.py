@@ -122,3 +122,5 @@ def test_losses_cli(tmp_path, capsys):
     assert rows[3] == ["ours", "1.700000", "1.520000"]  # iterations halved: 200 and 380 of the run
     status = main(["losses", str(tmp_path / "missing.log"), "--out", str(out)])
     assert status == 2 and "missing.log: log file not found" in capsys.readouterr().err
+    status = main(["losses", f"dir={tmp_path}", "--out", str(out)])
+    assert status == 2 and capsys.readouterr().err == f"error: {tmp_path}: log file is a directory, not a file\n"

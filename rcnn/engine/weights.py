@@ -6,7 +6,6 @@ checks that it was made for the same model family as the running config.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from convert.checkpoint import load_detectron_weights, read_checkpoint
 from convert.errors import ConvertError
 from convert.pickle_io import read_detectron_pkl
+from parity.fileio import file_sha256
 from rcnn.config import cfg_from_yaml_text
 from rcnn.modeling import GeneralizedRCNN, build_model
 from rcnn.naming import key_to_blob
@@ -35,14 +35,6 @@ class WeightsInfo:
     sha256: str
     format: str          # "detectron-pkl" or "checkpoint"
     source: str          # "zoo" (Detectron-trained weights) or "scratch" (trained here)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _get(cfg, dotted: str):
