@@ -23,7 +23,8 @@ from parity.fileio import atomic_write_bytes, atomic_write_json
 from rcnn.config import ConfigError, load_cfg
 from rcnn.data.datasets import COCO_CATEGORY_IDS, COCO_CLASSES, COCODataset, DatasetError
 from rcnn.data.preprocess import read_image
-from rcnn.engine.weights import DeviceError, load_model, resolve_device
+from rcnn.engine.devices import DeviceError, resolve_device
+from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector, ImageDetections
 from rcnn.modeling import UnsupportedModelError
 from rcnn.vis import draw_detections

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
 
 from convert.errors import ConvertError
 from parity.fileio import InputError
@@ -25,7 +22,8 @@ from parity.evaluate import summary_lines
 from rcnn.config import ConfigError, load_cfg
 from rcnn.data.datasets import COCODataset, DatasetError, canonical_dataset_names
 from rcnn.engine.test_engine import TestSettings, reevaluate, run_test
-from rcnn.engine.weights import DeviceError, load_model, resolve_device
+from rcnn.engine.devices import DeviceError, init_processes, shutdown_processes
+from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector
 from rcnn.modeling import UnsupportedModelError
 
@@ -65,19 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _init_distributed(device_arg: str | None) -> torch.device:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return resolve_device(device_arg)
-    use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -98,7 +83,7 @@ def main(argv=None) -> int:
         if args.eval_only:
             metrics = reevaluate(cfg, dataset, settings, model_name)
         else:
-            device = _init_distributed(args.device)
+            device = init_processes(args.device)
             model, weights = load_model(cfg, args.load_detectron, args.load_ckpt)
             metrics = run_test(cfg, Detector(model, cfg, device, args.batch_size), dataset, weights, settings,
                                model_name)
@@ -110,8 +95,7 @@ def main(argv=None) -> int:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
         return 130
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_processes()
     if metrics is not None:
         for iou_type, stats in metrics.by_type().items():
             print(f"{iou_type}:")

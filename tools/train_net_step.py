@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
 
 from convert.checkpoint import load_detectron_weights
 from convert.errors import ConvertError
@@ -31,7 +28,8 @@ from rcnn.data.datasets import DatasetError
 from rcnn.data.loader import build_train_loader
 from rcnn.data.roidb import open_datasets, roidb_from_cfg
 from rcnn.engine.train_engine import TrainSettings, TrainingError, scaled_schedule, train
-from rcnn.engine.weights import DeviceError, load_checkpoint_weights, load_imagenet_backbone, resolve_device
+from rcnn.engine.devices import DeviceError, init_processes, rank_and_world, shutdown_processes
+from rcnn.engine.weights import load_checkpoint_weights, load_imagenet_backbone
 from rcnn.modeling import UnsupportedModelError, build_model
 from rcnn.modeling.init import init_heads
 
@@ -68,19 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _init_distributed(device_arg: str | None) -> tuple[torch.device, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return resolve_device(device_arg), 0, 1
-    use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    device = torch.device("cpu")
-    if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device, dist.get_rank(), dist.get_world_size()
-
-
 def imagenet_weights_path(cfg, override: str | None) -> Path:
     """The local ImageNet file: ``--imagenet_weights``, else ``TRAIN.WEIGHTS`` (a URL is looked
     up where Detectron's ``cache_url`` would have put it, under ``DOWNLOAD_CACHE``)."""
@@ -103,7 +88,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        device, rank, world = _init_distributed(args.device)
+        device = init_processes(args.device)
+        rank, world = rank_and_world()
         cfg = load_cfg(args.cfg, args.opts)
         per_step = world * cfg.TRAIN.IMS_PER_BATCH
         recipe = cfg.NUM_GPUS * cfg.TRAIN.IMS_PER_BATCH
@@ -156,8 +142,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_processes()
     if rank == 0:
         print(f"final model: {final}")
     return 0

@@ -27,7 +27,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from parity.evaluate import evaluate
@@ -36,6 +35,7 @@ from parity.metrics import Metrics, save_metrics
 from rcnn.config import cfg_to_yaml
 from rcnn.data.datasets import COCODataset
 from rcnn.data.preprocess import read_image
+from rcnn.engine.devices import barrier, rank_and_world
 from rcnn.engine.weights import WeightsInfo
 from rcnn.inference.coco_results import coco_records
 from rcnn.inference.detector import Detector, ImageDetections
@@ -101,23 +101,12 @@ def _open_for_append(path: Path):
 
 
 # -- the run ---------------------------------------------------------------------------------
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence[int], partial_dir: Path,
                    settings: TestSettings) -> int:
     """Detect this rank's share of the images not yet in any partial file.
 
     Returns how many images all ranks together had to do."""
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     done = set()
     for path in sorted(partial_dir.glob("detections.rank*.jsonl")):
         done.update(rec["image_id"] for rec in _read_lines(path))
@@ -170,7 +159,7 @@ def _gt_subset(dataset: COCODataset, image_ids: Sequence[int]) -> dict:
 def run_test(cfg, detector: Detector, dataset: COCODataset, weights: WeightsInfo,
              settings: TestSettings, model_name: str) -> Metrics | None:
     """Detect, write Detectron's result files and ``metrics.json``; rank 0 returns the metrics."""
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     out_dir = Path(settings.output_dir)
     partial_dir = out_dir / "partial"
     image_ids = list(dataset.image_ids)
@@ -181,11 +170,11 @@ def run_test(cfg, detector: Detector, dataset: COCODataset, weights: WeightsInfo
         if not settings.resume:
             for stale in partial_dir.glob("detections.rank*.jsonl"):
                 stale.unlink()
-    _barrier()
+    barrier()
     start = time.perf_counter()
     processed = detect_dataset(detector, dataset, image_ids, partial_dir, settings)
     seconds = time.perf_counter() - start
-    _barrier()
+    barrier()
     if rank != 0:
         return None
 

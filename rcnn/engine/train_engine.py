@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from rcnn.data.train_batch import TrainBatch
+from rcnn.engine.devices import rank_and_world
 from rcnn.engine.solver import build_optimizer, lr_at_iter
 from rcnn.engine.train_checkpoint import (checkpoint_period, export_detectron_pkl, final_path,
                                           find_resume_checkpoint, is_snapshot_iter, load_training_checkpoint,
@@ -63,12 +63,6 @@ def scaled_schedule(cfg, batch: int) -> list[str]:
             "SOLVER.MAX_ITER", str(int(cfg.SOLVER.MAX_ITER * scale + 0.5))]
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def train(cfg, model: GeneralizedRCNN, make_batches: Callable[[int], Iterator[TrainBatch]],
           device: torch.device, settings: TrainSettings) -> Path:
     """Train ``model`` (already initialised) up to ``SOLVER.MAX_ITER``; returns the final
@@ -77,7 +71,7 @@ def train(cfg, model: GeneralizedRCNN, make_batches: Callable[[int], Iterator[Tr
     ``make_batches(n)`` gives this process's minibatches after the first ``n`` (so that a
     resumed run continues the data order where the snapshot left it).
     """
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     checkpoint_period(cfg)   # a bad snapshot period fails now, not after the first iterations
     model.to(device).train()
     optimizer = build_optimizer(model, cfg)

@@ -42,7 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-MARKER = "json_stats: "
+from parity.losses import MARKER  # the line prefix `parity losses` looks for
+from rcnn.engine.devices import rank_and_world
 
 
 class ScalarWriter(Protocol):
@@ -116,10 +117,6 @@ def _print_line(line: str) -> None:
     print(line, flush=True)
 
 
-def _is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def mean_over_ranks(values: Mapping[str, Tensor | float], device: torch.device | str | None = None) -> dict[str, float]:
     """Average scalar losses/metrics over all ranks in one ``all_reduce`` (float64).
 
@@ -179,7 +176,7 @@ class TrainingStats:
         self.memory_bytes = memory_bytes if memory_bytes is not None else (lambda: peak_gpu_memory_bytes(device))
         self.emit = emit
         self.tb_writer = tb_writer
-        self.is_main = _is_main_process()
+        self.is_main = rank_and_world()[0] == 0
         self.iter_timer = Timer(clock)
         self.loss_keys: list[str] | None = None
         self.metric_keys: list[str] = []

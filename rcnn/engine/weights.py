@@ -108,20 +108,3 @@ def load_imagenet_backbone(model: GeneralizedRCNN, path: str | os.PathLike) -> l
     unused = sorted(set(blobs) - used)
     logger.info("initialised the ResNet body from %s (%d blobs; %d unused)", path, len(used), len(unused))
     return unused
-
-
-class DeviceError(ValueError):
-    """The requested device does not exist here."""
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``cuda`` when available unless asked otherwise; a clear error for an absent GPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {name!r} (expected cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {name!r} requested but no CUDA GPU is available")
-    return device
