@@ -1,4 +1,5 @@
-"""Detectron's ``generalized_rcnn`` with an FPN ResNet body: the network itself.
+"""Detectron's ``generalized_rcnn`` with an FPN ResNet/ResNeXt body (AffineChannel or
+GroupNorm): the network itself.
 
 The components are the top-level children whose names start every state-dict
 key (see ``rcnn.naming``). Each stage is a method so that inference
@@ -12,8 +13,9 @@ import re
 import torch
 from torch import Tensor, nn
 
-from rcnn.modeling.box_head import BoxHead
+from rcnn.modeling.box_head import BoxHead, ConvFCBoxHead
 from rcnn.modeling.fpn import FPN
+from rcnn.modeling.group_norm import GroupNormSpec
 from rcnn.modeling.keypoint_head import KeypointHead
 from rcnn.modeling.mask_head import MaskHead
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
@@ -22,11 +24,18 @@ from rcnn.modeling.rpn import RPNHead
 from rcnn.modeling.training import training_losses
 from rcnn.ops.pooler import multilevel_roi_align
 
+# model_builder.py: the deprecated MODEL.TYPEs that build generalized_rcnn unchanged.
+_GENERALIZED_RCNN_TYPES = ("generalized_rcnn", "fast_rcnn", "mask_rcnn", "keypoint_rcnn", "mask_and_keypoint_rcnn")
 _FPN_BODY = re.compile(r"^FPN\.add_fpn_ResNet(50|101|152)_conv5_body$")
+# MRCNN.ROI_MASK_HEAD -> (number of 3x3 convs, GroupNorm)
 _MASK_HEAD_CONVS = {
-    "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs": 4,
-    "mask_rcnn_heads.mask_rcnn_fcn_head_v1up": 2,
+    "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs": (4, False),
+    "mask_rcnn_heads.mask_rcnn_fcn_head_v1up": (2, False),
+    "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs_gn": (4, True),
 }
+# (RESNETS.STEM_FUNC, TRANS_FUNC, SHORTCUT_FUNC) of the AffineChannel and the GroupNorm bodies.
+_BN_BODY = ("basic_bn_stem", "bottleneck_transformation", "basic_bn_shortcut")
+_GN_BODY = ("basic_gn_stem", "bottleneck_gn_transformation", "basic_gn_shortcut")
 
 
 class UnsupportedModelError(ValueError):
@@ -38,39 +47,65 @@ def _require(cond: bool, what: str) -> None:
         raise UnsupportedModelError(f"unsupported config: {what}")
 
 
+def _check_fpn_body(cfg) -> int:
+    """The checks of the end-to-end FPN ResNet/ResNeXt family; returns the ResNet depth."""
+    body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
+    _require(body is not None and cfg.FPN.FPN_ON,
+             f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
+    _require(cfg.MODEL.TYPE in _GENERALIZED_RCNN_TYPES and cfg.MODEL.FASTER_RCNN,
+             "only end-to-end generalized_rcnn with MODEL.FASTER_RCNN")
+    _require(cfg.FPN.MULTILEVEL_RPN and cfg.FPN.MULTILEVEL_ROIS, "FPN.MULTILEVEL_RPN/ROIS must be True")
+    _require(not cfg.FPN.EXTRA_CONV_LEVELS, "FPN.EXTRA_CONV_LEVELS")
+    _require(cfg.FPN.RPN_MAX_LEVEL == 6 and cfg.FPN.ROI_MAX_LEVEL == 5 and cfg.FPN.RPN_MIN_LEVEL == 2
+             and cfg.FPN.ROI_MIN_LEVEL == 2, "FPN levels other than RPN 2-6 / RoI 2-5")
+    return int(body.group(1))
+
+
+def _body_uses_gn(cfg) -> bool:
+    """GroupNorm body (``04_2018_gn_baselines``) or AffineChannel body; no mixtures."""
+    funcs = (cfg.RESNETS.STEM_FUNC, cfg.RESNETS.TRANS_FUNC, cfg.RESNETS.SHORTCUT_FUNC)
+    _require(funcs in (_BN_BODY, _GN_BODY), f"RESNETS.STEM_FUNC/TRANS_FUNC/SHORTCUT_FUNC {funcs}")
+    return funcs == _GN_BODY
+
+
+def _box_head(cfg, dim: int, gn: GroupNormSpec) -> nn.Module:
+    """``FAST_RCNN.ROI_BOX_HEAD``: the 2-fc MLP or the X-conv + 1-fc head (GN or not)."""
+    c, head = cfg.FAST_RCNN, cfg.FAST_RCNN.ROI_BOX_HEAD
+    if head == "fast_rcnn_heads.add_roi_2mlp_head":
+        return BoxHead(dim, c.ROI_XFORM_RESOLUTION, c.MLP_HEAD_DIM, cfg.MODEL.NUM_CLASSES,
+                       cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
+    _require(head in ("fast_rcnn_heads.add_roi_Xconv1fc_head", "fast_rcnn_heads.add_roi_Xconv1fc_gn_head"),
+             f"FAST_RCNN.ROI_BOX_HEAD {head!r}")
+    return ConvFCBoxHead(dim, c.ROI_XFORM_RESOLUTION, c.NUM_STACKED_CONVS, c.CONV_HEAD_DIM, c.MLP_HEAD_DIM,
+                         cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG,
+                         gn if head.endswith("_gn_head") else None)
+
+
 class GeneralizedRCNN(nn.Module):
     def __init__(self, cfg) -> None:
         super().__init__()
-        body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
-        _require(body is not None and cfg.FPN.FPN_ON,
-                 f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
-        _require(cfg.MODEL.TYPE == "generalized_rcnn" and cfg.MODEL.FASTER_RCNN,
-                 "only end-to-end generalized_rcnn with MODEL.FASTER_RCNN")
-        _require(cfg.FPN.MULTILEVEL_RPN and cfg.FPN.MULTILEVEL_ROIS, "FPN.MULTILEVEL_RPN/ROIS must be True")
-        _require(not cfg.FPN.EXTRA_CONV_LEVELS and not cfg.FPN.USE_GN, "FPN.EXTRA_CONV_LEVELS / FPN.USE_GN")
-        _require(cfg.FPN.RPN_MAX_LEVEL == 6 and cfg.FPN.ROI_MAX_LEVEL == 5 and cfg.FPN.RPN_MIN_LEVEL == 2
-                 and cfg.FPN.ROI_MIN_LEVEL == 2, "FPN levels other than RPN 2-6 / RoI 2-5")
-        _require(cfg.FAST_RCNN.ROI_BOX_HEAD.endswith("add_roi_2mlp_head"),
-                 f"FAST_RCNN.ROI_BOX_HEAD {cfg.FAST_RCNN.ROI_BOX_HEAD!r}")
+        depth = _check_fpn_body(cfg)
         self.cfg = cfg
-        self.backbone = ResNetBody(int(body.group(1)), cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
-                                   cfg.RESNETS.WIDTH_PER_GROUP, cfg.RESNETS.NUM_GROUPS, cfg.TRAIN.FREEZE_AT)
+        gn = GroupNormSpec.from_cfg(cfg)
+        self.backbone = ResNetBody(depth, cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
+                                   cfg.RESNETS.WIDTH_PER_GROUP, cfg.RESNETS.NUM_GROUPS, cfg.TRAIN.FREEZE_AT,
+                                   gn if _body_uses_gn(cfg) else None)
         sums = [self.backbone.sum_name(s) for s in range(2, 6)]
         dim = cfg.FPN.DIM
-        self.fpn = FPN(self.backbone.out_channels, sums, dim)
+        self.fpn = FPN(self.backbone.out_channels, sums, dim, gn=gn if cfg.FPN.USE_GN else None)
         self.rpn_levels = list(range(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL + 1))
         self.roi_levels = list(range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1))
         self.anchor_sizes = [cfg.FPN.RPN_ANCHOR_START_SIZE * 2 ** (lvl - cfg.FPN.RPN_MIN_LEVEL)
                              for lvl in self.rpn_levels]
         self.rpn = RPNHead(dim, len(cfg.FPN.RPN_ASPECT_RATIOS), cfg.FPN.RPN_MIN_LEVEL)
-        self.box_head = BoxHead(dim, cfg.FAST_RCNN.ROI_XFORM_RESOLUTION, cfg.FAST_RCNN.MLP_HEAD_DIM,
-                                cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
+        self.box_head = _box_head(cfg, dim, gn)
         if cfg.MODEL.MASK_ON:
             _require(cfg.MRCNN.ROI_MASK_HEAD in _MASK_HEAD_CONVS, f"MRCNN.ROI_MASK_HEAD {cfg.MRCNN.ROI_MASK_HEAD!r}")
             _require(cfg.MRCNN.UPSAMPLE_RATIO == 1 and not cfg.MRCNN.USE_FC_OUTPUT,
                      "MRCNN.UPSAMPLE_RATIO != 1 or MRCNN.USE_FC_OUTPUT")
-            self.mask_head = MaskHead(dim, cfg.MRCNN.DIM_REDUCED, _MASK_HEAD_CONVS[cfg.MRCNN.ROI_MASK_HEAD],
-                                      cfg.MRCNN.DILATION, cfg.MODEL.NUM_CLASSES, cfg.MRCNN.CLS_SPECIFIC_MASK)
+            num_convs, use_gn = _MASK_HEAD_CONVS[cfg.MRCNN.ROI_MASK_HEAD]
+            self.mask_head = MaskHead(dim, cfg.MRCNN.DIM_REDUCED, num_convs, cfg.MRCNN.DILATION, cfg.MODEL.NUM_CLASSES,
+                                      cfg.MRCNN.CLS_SPECIFIC_MASK, gn if use_gn else None)
         if cfg.MODEL.KEYPOINTS_ON:
             _require(cfg.KRCNN.ROI_KEYPOINTS_HEAD.endswith("add_roi_pose_head_v1convX"),
                      f"KRCNN.ROI_KEYPOINTS_HEAD {cfg.KRCNN.ROI_KEYPOINTS_HEAD!r}")

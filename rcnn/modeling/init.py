@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
+from rcnn.modeling.group_norm import GroupNorm
 
 
 def xavier_fill(w: Tensor, gen: torch.Generator) -> None:
@@ -33,14 +34,17 @@ def gaussian_fill(std: float):
 
 @torch.no_grad()
 def init_heads(model: GeneralizedRCNN, cfg, seed: int = 3) -> None:
-    """Initialise FPN, RPN and the heads like Detectron's model builder (biases zero)."""
+    """Initialise FPN, RPN and the heads like Detectron's model builder (biases zero, GroupNorm
+    scale 1 and bias 0). The body is not touched: it comes from ImageNet weights (a GN body
+    trained from scratch, ``scratch_*_gn.yaml``, is not initialised like Detectron here)."""
     gen = torch.Generator().manual_seed(seed)
     mask_fill = {"MSRAFill": msra_fill, "GaussianFill": gaussian_fill(0.001)}
-    plan: list[tuple[nn.Module, object]] = [(m, xavier_fill) for m in model.fpn.children()]
+    plan: list[tuple[nn.Module, object]] = [(m, xavier_fill) for m in model.fpn.children() if isinstance(m, nn.Conv2d)]
     plan += [(getattr(model.rpn, n), gaussian_fill(0.01)) for n in model.rpn.names]
     box = model.box_head
-    plan += [(box.fc6, xavier_fill), (box.fc7, xavier_fill), (box.cls_score, gaussian_fill(0.01)),
-             (box.bbox_pred, gaussian_fill(0.001))]
+    plan += [(getattr(box, n), msra_fill) for n in getattr(box, "conv_names", ())]   # add_roi_Xconv1fc(_gn)_head
+    plan += [(getattr(box, n), xavier_fill) for n in ("fc6", "fc7") if hasattr(box, n)]
+    plan += [(box.cls_score, gaussian_fill(0.01)), (box.bbox_pred, gaussian_fill(0.001))]
     if cfg.MODEL.MASK_ON:
         m = model.mask_head
         conv_fill = mask_fill[cfg.MRCNN.CONV_INIT]
@@ -54,4 +58,9 @@ def init_heads(model: GeneralizedRCNN, cfg, seed: int = 3) -> None:
         plan.append((k.kps_score_lowres, {"MSRAFill": msra_fill, "GaussianFill": gaussian_fill(0.001)}[cfg.KRCNN.CONV_INIT]))
     for module, fill in plan:
         fill(module.weight, gen)
-        module.bias.zero_()
+        if module.bias is not None:   # ConvGN convs have none
+            module.bias.zero_()
+    for name, module in model.named_modules():
+        if isinstance(module, GroupNorm) and not name.startswith("backbone."):   # spatial_gn: ConstantFill 1, 0
+            module.scale.fill_(1.0)
+            module.bias.zero_()

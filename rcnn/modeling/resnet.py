@@ -1,15 +1,20 @@
-"""MSRA ResNet body as Detectron builds it (``modeling/ResNet.py``).
+"""MSRA ResNet and ResNeXt bodies as Detectron builds them (``modeling/ResNet.py``).
 
 The stride of each stage's first block sits on the 1x1 ``branch2a`` conv
 (``RESNETS.STRIDE_1X1``) and batch norm is folded into a frozen per-channel
 affine map, ``AffineChannel``: ``y = x * s + b`` with no epsilon, so that a
-Detectron ``*_bn_s``/``*_bn_b`` pair is applied exactly.
+Detectron ``*_bn_s``/``*_bn_b`` pair is applied exactly. The GroupNorm bodies of
+``04_2018_gn_baselines`` use ``rcnn.modeling.group_norm`` instead.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from rcnn.modeling.group_norm import GroupNormSpec
 
 # Blocks per stage (res2..res5) for the bodies Detectron names in MODEL.CONV_BODY.
 BLOCK_COUNTS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -33,67 +38,93 @@ class AffineChannel(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """``bottleneck_transformation`` + ``basic_bn_shortcut``; children are named
-    after Detectron's ops (``branch2a``, ``branch2a_bn``, ..., ``branch1``)."""
+    """``bottleneck_transformation`` + ``basic_bn_shortcut`` (or their GroupNorm twins
+    ``bottleneck_gn_transformation`` + ``basic_gn_shortcut``); children are named after
+    Detectron's ops (``branch2a``, ``branch2a_bn`` or ``branch2a_gn``, ..., ``branch1``).
+
+    ``groups`` > 1 (ResNeXt) groups the 3x3 ``branch2b`` conv only.
+    """
 
     def __init__(self, dim_in: int, dim_inner: int, dim_out: int, stride: int, dilation: int = 1,
-                 stride_1x1: bool = True) -> None:
+                 stride_1x1: bool = True, groups: int = 1, gn: GroupNormSpec | None = None) -> None:
         super().__init__()
         str1x1, str3x3 = (stride, 1) if stride_1x1 else (1, stride)
+        norm, suffix = _norm(gn)
+        self.norm_names = {b: f"{b}_{suffix}" for b in ("branch1", "branch2a", "branch2b", "branch2c")}
         if dim_in != dim_out:
             self.branch1 = nn.Conv2d(dim_in, dim_out, 1, stride=stride, bias=False)
-            self.branch1_bn = AffineChannel(dim_out)
+            self.add_module(self.norm_names["branch1"], norm(dim_out))
         self.branch2a = nn.Conv2d(dim_in, dim_inner, 1, stride=str1x1, bias=False)
-        self.branch2a_bn = AffineChannel(dim_inner)
+        self.add_module(self.norm_names["branch2a"], norm(dim_inner))
         self.branch2b = nn.Conv2d(dim_inner, dim_inner, 3, stride=str3x3, padding=dilation,
-                                  dilation=dilation, bias=False)
-        self.branch2b_bn = AffineChannel(dim_inner)
+                                  dilation=dilation, groups=groups, bias=False)
+        self.add_module(self.norm_names["branch2b"], norm(dim_inner))
         self.branch2c = nn.Conv2d(dim_inner, dim_out, 1, bias=False)
-        self.branch2c_bn = AffineChannel(dim_out)
+        self.add_module(self.norm_names["branch2c"], norm(dim_out))
+
+    def _conv_norm(self, branch: str, x: Tensor) -> Tensor:
+        return getattr(self, self.norm_names[branch])(getattr(self, branch)(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-        y = F.relu_(self.branch2a_bn(self.branch2a(x)))
-        y = F.relu_(self.branch2b_bn(self.branch2b(y)))
-        y = self.branch2c_bn(self.branch2c(y))
+        shortcut = self._conv_norm("branch1", x) if hasattr(self, "branch1") else x
+        y = F.relu_(self._conv_norm("branch2a", x))
+        y = F.relu_(self._conv_norm("branch2b", y))
+        y = self._conv_norm("branch2c", y)
         return F.relu_(y + shortcut)
 
 
-class ResNetBody(nn.Module):
-    """Stem (``conv1``, ``res_conv1_bn``, max-pool) and stages ``res2``..``res5``.
+def _norm(gn: GroupNormSpec | None) -> tuple[Callable[[int], nn.Module], str]:
+    """The normalisation after each body conv and its op-name suffix: ``ConvAffine``'s
+    ``_bn`` (frozen AffineChannel) or ``ConvGN``'s ``_gn`` (trainable GroupNorm)."""
+    return (AffineChannel, "bn") if gn is None else (gn, "gn")
 
+
+def block_stride(dim_in: int, dim_out: int, dilation: int, stride_init: int = 2) -> int:
+    """``add_residual_block``: a block that changes the width strides, except after the stem
+    (``dim_in == 64``, which max-pooling already subsampled) and in a dilated stage."""
+    return stride_init if dim_in != dim_out and dim_in != 64 and dilation == 1 else 1
+
+
+class ResNetBody(nn.Module):
+    """Stem and stages ``res2``..``res5`` (``add_ResNet_convX_body``).
+
+    The stem is ``conv1`` + ``res_conv1_bn`` (``basic_bn_stem``) or ``conv1`` + ``conv1_gn``
+    (``basic_gn_stem``), then a 3x3 stride-2 max-pool. Stage ``res{S}`` has fixed output width
+    ``256 * 2**(S-2)`` and bottleneck width ``NUM_GROUPS * WIDTH_PER_GROUP * 2**(S-2)``; for
+    ResNet (1 x 64) that is the familiar 64/128/256/512, for X-101-64x4d 256/512/1024/2048.
     ``forward`` returns the stage outputs C2..C5 (``res{S}_{n-1}_sum`` in Detectron).
     """
 
     def __init__(self, depth: int = 50, stride_1x1: bool = True, res5_dilation: int = 1,
-                 width_per_group: int = 64, num_groups: int = 1, freeze_at: int = 2) -> None:
+                 width_per_group: int = 64, num_groups: int = 1, freeze_at: int = 2,
+                 gn: GroupNormSpec | None = None) -> None:
         super().__init__()
-        if num_groups != 1:
-            raise NotImplementedError("grouped (ResNeXt) bodies are not supported yet")
         if depth not in BLOCK_COUNTS:
             raise ValueError(f"unsupported ResNet depth {depth}; known: {sorted(BLOCK_COUNTS)}")
         self.block_counts = BLOCK_COUNTS[depth]
+        norm, _ = _norm(gn)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.res_conv1_bn = AffineChannel(64)
-        dim_in, dim_inner = 64, width_per_group
+        self.stem_norm_name = "res_conv1_bn" if gn is None else "conv1_gn"
+        self.add_module(self.stem_norm_name, norm(64))
+        dim_in, dim_bottleneck = 64, num_groups * width_per_group
         self.stage_names = []
         for stage, blocks in enumerate(self.block_counts, start=2):
-            dim_out = dim_inner * 4
-            stride = 1 if stage == 2 else (1 if stage == 5 and res5_dilation > 1 else 2)
+            dim_out, dim_inner = 256 * 2 ** (stage - 2), dim_bottleneck * 2 ** (stage - 2)
             dilation = res5_dilation if stage == 5 else 1
             layers = []
-            for i in range(blocks):
-                layers.append(Bottleneck(dim_in, dim_inner, dim_out, stride if i == 0 else 1, dilation, stride_1x1))
+            for _ in range(blocks):
+                layers.append(Bottleneck(dim_in, dim_inner, dim_out, block_stride(dim_in, dim_out, dilation),
+                                         dilation, stride_1x1, num_groups, gn))
                 dim_in = dim_out
             self.add_module(f"res{stage}", nn.ModuleList(layers))
             self.stage_names.append(f"res{stage}")
-            dim_inner *= 2
         self.out_channels = (256, 512, 1024, 2048)
         self._freeze(freeze_at)
 
     def _freeze(self, freeze_at: int) -> None:
-        """TRAIN.FREEZE_AT: conv1 (0 = nothing, 1 = stem, 2 = stem + res2...) gets no gradient."""
-        frozen: list[nn.Module] = [self.conv1] if freeze_at >= 1 else []
+        """TRAIN.FREEZE_AT: Detectron's StopGradient after res{freeze_at} (0 = nothing, 1 = stem,
+        2 = stem + res2...): no gradient reaches the stem (GroupNorm included) or those stages."""
+        frozen: list[nn.Module] = [self.conv1, getattr(self, self.stem_norm_name)] if freeze_at >= 1 else []
         frozen += [getattr(self, f"res{s}") for s in range(2, freeze_at + 1)]
         for module in frozen:
             for p in module.parameters():
@@ -104,7 +135,7 @@ class ResNetBody(nn.Module):
         return f"res{stage}_{self.block_counts[stage - 2] - 1}_sum"
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.relu_(self.res_conv1_bn(self.conv1(x)))
+        x = F.relu_(getattr(self, self.stem_norm_name)(self.conv1(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         outs = []
         for name in self.stage_names:
