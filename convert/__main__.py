@@ -3,6 +3,7 @@
     detectron-convert IN.pkl OUT.pt [--cfg CONFIG.yaml] [--keep-momentum] [--keep-preserved] [--no-cfg-check]
     detectron-convert IN.pt OUT.pkl [--style {2017,2018}]
     detectron-convert --inspect FILE
+    detectron-convert --names CONFIG.yaml
 
 The direction follows the file extensions (``.pkl`` is Detectron's format, ``.pt``/``.pth``
 ours). Without ``--cfg`` a ``.pkl`` is converted with the project's baseline config of the
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--style", choices=("2017", "2018"), default="2017",
                    help="Detectron cfg YAML style written into OUT.pkl (default: 2017, as the 12_2017 model zoo)")
     p.add_argument("--inspect", metavar="FILE", help="print what FILE holds and exit")
+    p.add_argument("--names", metavar="CONFIG", help="print the blob names and shapes of the model CONFIG "
+                   "describes, one 'name (d0, d1, ...)' per line, and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return p
 
@@ -135,6 +138,14 @@ def _check_output(path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.names:
+        if args.src or args.dst or args.inspect:
+            raise ConvertError("--names takes one CONFIG and no IN/OUT or --inspect")
+        from convert.names import format_blob, model_blob_shapes
+
+        blobs = model_blob_shapes(load_cfg(args.names), args.names)   # all of it before the first line is printed
+        print("\n".join(format_blob(name, shape) for name, shape in blobs))
+        return
     if args.inspect:
         if args.src or args.dst:
             raise ConvertError("--inspect takes one FILE and no IN/OUT")
