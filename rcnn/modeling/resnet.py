@@ -63,7 +63,11 @@ class ResNetBody(nn.Module):
     """Stem (``conv1``, ``res_conv1_bn``, max-pool) and stages ``res2``..``res5``.
 
     ``forward`` returns the stage outputs C2..C5 (``res{S}_{n-1}_sum`` in Detectron).
+    ``num_stages`` (class attribute) = 3 stops after res4, like ``add_ResNet_convX_body``
+    with three block counts (the C4 body, ``rcnn.modeling.c4``).
     """
+
+    num_stages = 4
 
     def __init__(self, depth: int = 50, stride_1x1: bool = True, res5_dilation: int = 1,
                  width_per_group: int = 64, num_groups: int = 1, freeze_at: int = 2) -> None:
@@ -72,7 +76,7 @@ class ResNetBody(nn.Module):
             raise NotImplementedError("grouped (ResNeXt) bodies are not supported yet")
         if depth not in BLOCK_COUNTS:
             raise ValueError(f"unsupported ResNet depth {depth}; known: {sorted(BLOCK_COUNTS)}")
-        self.block_counts = BLOCK_COUNTS[depth]
+        self.block_counts = BLOCK_COUNTS[depth][: self.num_stages]
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.res_conv1_bn = AffineChannel(64)
         dim_in, dim_inner = 64, width_per_group
@@ -88,7 +92,7 @@ class ResNetBody(nn.Module):
             self.add_module(f"res{stage}", nn.ModuleList(layers))
             self.stage_names.append(f"res{stage}")
             dim_inner *= 2
-        self.out_channels = (256, 512, 1024, 2048)
+        self.out_channels = (256, 512, 1024, 2048)[: self.num_stages]
         self._freeze(freeze_at)
 
     def _freeze(self, freeze_at: int) -> None:
