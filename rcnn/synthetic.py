@@ -88,11 +88,13 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
                 if mod.bias is not None:
                     mod.bias.zero_()
 
-    for name, mod in model.backbone.named_modules():
+    # C4 models (rcnn.modeling.c4) have no FPN and their res5 is the box head's.
+    resnet = [model.backbone] + ([model.box_head.res5] if hasattr(model.box_head, "res5") else [])
+    for name, mod in (item for part in resnet for item in part.named_modules()):
         if isinstance(mod, AffineChannel):
             # Damp the residual branches so the stream stays O(1) through 16 blocks.
             _calibrate_once(mod, _fit_affine(0.4 if name.endswith("branch2c_bn") else 1.0))
-    for mod in model.fpn.children():
+    for mod in (model.fpn.children() if hasattr(model, "fpn") else ()):
         _calibrate_once(mod, _fit_layer(0.0, 1.0))
     conv, cls, bbox = (getattr(model.rpn, n) for n in model.rpn.names)
     _calibrate_once(conv, _fit_layer(0.0, 1.0))
@@ -104,11 +106,13 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
     cls_mean = torch.full((num_classes,), -4.0, dtype=torch.float64)
     cls_mean[0] = 3.5
     # Fewer favoured classes (e.g. the keypoint model's person) each need more RoIs
-    # over the 0.05 threshold for ~100 detections per image after NMS.
-    cls_mean[favoured] = -1.0 + 0.5 * math.log(num_favoured / len(favoured))
+    # over the 0.05 threshold for ~100 detections per image after NMS; so do fewer
+    # RoIs than the 1000 of the zoo configs (e.g. C4 tests, whose res5 head is costly).
+    fewer_rois = max(1.0, 1000 / cfg.TEST.RPN_POST_NMS_TOP_N)
+    cls_mean[favoured] = -1.0 + 0.5 * math.log(num_favoured / len(favoured)) + 0.5 * math.log(fewer_rois)
     box = model.box_head
-    _calibrate_once(box.fc6, _fit_layer(0.0, 1.0))
-    _calibrate_once(box.fc7, _fit_layer(0.0, 1.0))
+    for fc in ((box.fc6, box.fc7) if hasattr(box, "fc6") else ()):
+        _calibrate_once(fc, _fit_layer(0.0, 1.0))
     _calibrate_once(box.cls_score, _fit_layer(cls_mean, 0.7, centre=True))
     _calibrate_once(box.bbox_pred, _fit_layer(0.0, 1.0))
     # Mask/keypoint heads: unit-std hidden layers, logits with std 2 (masks and

@@ -199,7 +199,8 @@ def test_kind_detection(files, family):
 def test_kind_detection_c4_and_others():
     kind = detect_kind(c4_blob_shapes())
     assert (kind.kind, kind.fpn, kind.backbone, kind.num_classes) == ("detector", False, "R-50", 81)
-    assert kind.family == "e2e_faster_rcnn_R-50-C4" and kind.baseline_config is None
+    assert kind.family == "e2e_faster_rcnn_R-50-C4"
+    assert kind.baseline_config == CONFIGS / "e2e_faster_rcnn_R-50-C4_1x.yaml"   # shipped with the C4 models
     assert kind.describe() == "Faster R-CNN detector, R-50-C4, 81 classes"
     shapes = dict(c4_blob_shapes(), res2_0_branch2b_w=(256, 8, 3, 3))
     for i in range(6, 23):
@@ -363,13 +364,16 @@ def test_imagenet_backbone_is_not_a_detector(imagenet, files, tmp_path):
 
 
 def test_c4_file_needs_a_c4_config(c4_file, tmp_path):
-    with pytest.raises(ConvertError, match=r"c4.pkl is a Faster R-CNN detector, R-50-C4, 81 classes; cannot pick its "
-                                           r"config: pass a Detectron config of family e2e_faster_rcnn_R-50-C4"):
+    # The shipped C4 baseline config is picked; this file's placeholder shapes do not fit it.
+    with pytest.raises(WeightsMismatchError, match=r"c4.pkl does not fit the config: the file is a Faster R-CNN "
+                                                   r"detector, R-50-C4, 81 classes \(config family e2e_faster_rcnn_R-50-C4\), "
+                                                   r"the config builds a Faster R-CNN detector, R-50-C4, 81 classes\. "
+                                                   r"156 shape-mismatched"):
         pkl_to_pt(c4_file, tmp_path / "x.pt")
     with pytest.raises(WeightsMismatchError) as info:
         pkl_to_pt(c4_file, tmp_path / "x.pt", cfg=config("faster"))
     message = str(info.value)
-    assert "it needs a Detectron config of family e2e_faster_rcnn_R-50-C4" in message
+    assert "use the config 12_2017_baselines/e2e_faster_rcnn_R-50-C4_1x.yaml" in message
     assert "unexpected: conv_rpn_w, conv_rpn_b" in message and "conv_rpn_fpn2_w" in info.value.report.missing
     assert files_in(tmp_path) == []
 
@@ -519,7 +523,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(files, two_class_faster, imagenet,
         "hostile": ([hostile, out / "x.pt"], "refusing to load .*hostile.pkl: it references the Python object "
                                              "os.system"),
         "imagenet": ([imagenet, out / "x.pt"], "R-50.pkl is an ImageNet R-50 backbone, not a detector"),
-        "c4": ([c4_file, out / "x.pt"], "c4.pkl is a Faster R-CNN detector, R-50-C4, 81 classes; cannot pick"),
+        "c4": ([c4_file, out / "x.pt"], r"c4.pkl does not fit the config: .*R-50-C4, 81 classes\. 156 shape-mismatched"),
         "class count": ([two_class_faster, out / "x.pt", "--cfg", CONFIGS / "e2e_faster_rcnn_R-50-FPN_1x.yaml"],
                         r"cls_score_w file \(2, 1024\) vs model \(81, 1024\)"),
         "bad cfg": ([c4_file, out / "x.pt", "--cfg", tmp_path / "none.yaml"], "cannot read config file"),
@@ -553,7 +557,7 @@ def test_cli_wrong_family_in_process(c4_file, tmp_path, capsys):
     assert status == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {c4_file} does not fit the config: the file is a Faster R-CNN detector, R-50-C4, 81 "
                           "classes (config family e2e_faster_rcnn_R-50-C4), the config builds a Faster R-CNN detector, "
-                          "R-50-FPN, 81 classes; it needs a Detectron config of family e2e_faster_rcnn_R-50-C4.")
+                          "R-50-FPN, 81 classes; use the config 12_2017_baselines/e2e_faster_rcnn_R-50-C4_1x.yaml.")
     assert files_in(tmp_path) == []
 
 

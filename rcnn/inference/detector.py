@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rcnn.data.preprocess import PreparedImage, images_to_blob, prepare
+from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, prepare
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.postprocess import box_results_with_nms_and_limit
@@ -66,11 +66,11 @@ def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) 
     return torch.cat((image_index[:, None].to(torch.float32), scaled), dim=1)
 
 
-def _batches(prepared: Sequence[PreparedImage], batch_size: int) -> Iterable[list[int]]:
+def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = 32) -> Iterable[list[int]]:
     """Indices of images grouped by blob size, in input order within a group."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prepared):
-        groups.setdefault(p.blob_shape, []).append(i)
+        groups.setdefault(padded_shape(p.data.shape[0], p.data.shape[1], stride), []).append(i)
     for idx in groups.values():
         for s in range(0, len(idx), batch_size):
             yield idx[s:s + batch_size]
@@ -87,6 +87,8 @@ class Detector:
         self.batch_size = batch_size
         self.proposal_params = ProposalParams.from_cfg(cfg, train=False)
         self.pixel_means = np.array(cfg.PIXEL_MEANS, dtype=np.float64).reshape(1, 1, 3)
+        # im_list_to_blob pads to FPN.COARSEST_STRIDE only with FPN; C4 blobs are unpadded.
+        self.blob_stride = cfg.FPN.COARSEST_STRIDE if cfg.FPN.FPN_ON else 1
 
     def prepare(self, im: np.ndarray) -> PreparedImage:
         return prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
@@ -105,7 +107,8 @@ class Detector:
         ``finish`` does the host part; keeping them apart lets a caller overlap the host
         work of one batch with the next batch's forward pass (``rcnn.engine.test_engine``).
         """
-        return [(idx, self._forward_batch([prepared[i] for i in idx])) for idx in _batches(prepared, self.batch_size)]
+        return [(idx, self._forward_batch([prepared[i] for i in idx]))
+                for idx in _batches(prepared, self.batch_size, self.blob_stride)]
 
     def finish(self, count: int, outputs: list[tuple[list[int], "DeviceOutputs"]]) -> list[ImageDetections]:
         """The host part (mask paste, keypoint decode with OpenCV), in input order; thread-safe."""
@@ -117,7 +120,7 @@ class Detector:
 
     def _forward_batch(self, batch: Sequence[PreparedImage]) -> "DeviceOutputs":
         cfg, dev = self.cfg, self.device
-        blob = torch.from_numpy(images_to_blob([p.data for p in batch], cfg.FPN.COARSEST_STRIDE)).to(dev)
+        blob = torch.from_numpy(images_to_blob([p.data for p in batch], self.blob_stride)).to(dev)
         scales32 = torch.tensor([p.scale for p in batch], dtype=torch.float32, device=dev)
         im_info = torch.stack((torch.full_like(scales32, blob.shape[2]), torch.full_like(scales32, blob.shape[3]),
                                scales32), dim=1)

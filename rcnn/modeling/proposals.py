@@ -53,7 +53,7 @@ def generate_proposals(
     bbox_deltas: Sequence[Tensor],
     im_info: Tensor,
     levels: Sequence[int],
-    anchor_sizes: Sequence[float],
+    anchor_sizes: Sequence[float | Sequence[float]],
     aspect_ratios: Sequence[float],
     params: ProposalParams,
 ) -> tuple[Tensor, Tensor]:
@@ -63,7 +63,9 @@ def generate_proposals(
         cls_probs / bbox_deltas: per level, sigmoid objectness (B, A, H, W) and
             deltas (B, 4A, H, W).
         im_info: (B, 3) float32 rows ``[height, width, scale]`` used for clipping.
-        levels / anchor_sizes: FPN level and anchor size of each entry.
+        levels / anchor_sizes: FPN level (stride ``2**level``) and anchor size of each
+            entry; a sequence of sizes gives one anchor per (ratio, size), as the
+            single-level C4 RPN's ``RPN.SIZES`` at level 4 (stride 16).
 
     Returns:
         rois (R, 5) float32 ``[batch_index, x1, y1, x2, y2]`` in descending
@@ -83,7 +85,8 @@ def generate_proposals(
         h, w = probs.shape[-2:]
         probs = probs.permute(0, 2, 3, 1).reshape(num_images, -1)
         deltas = deltas.permute(0, 2, 3, 1).reshape(num_images, -1, 4)
-        anchors = grid_anchors(2**lvl, (size,), aspect_ratios, h, w, device)
+        sizes = tuple(size) if isinstance(size, Sequence) else (size,)
+        anchors = grid_anchors(2**lvl, sizes, aspect_ratios, h, w, device)
         k = probs.shape[1]
         if 0 < params.pre_nms_top_n < k:
             k = params.pre_nms_top_n

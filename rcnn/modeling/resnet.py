@@ -93,7 +93,11 @@ class ResNetBody(nn.Module):
     ``256 * 2**(S-2)`` and bottleneck width ``NUM_GROUPS * WIDTH_PER_GROUP * 2**(S-2)``; for
     ResNet (1 x 64) that is the familiar 64/128/256/512, for X-101-64x4d 256/512/1024/2048.
     ``forward`` returns the stage outputs C2..C5 (``res{S}_{n-1}_sum`` in Detectron).
+    ``num_stages`` (class attribute) = 3 stops after res4, like ``add_ResNet_convX_body``
+    with three block counts (the C4 body, ``rcnn.modeling.c4``).
     """
+
+    num_stages = 4
 
     def __init__(self, depth: int = 50, stride_1x1: bool = True, res5_dilation: int = 1,
                  width_per_group: int = 64, num_groups: int = 1, freeze_at: int = 2,
@@ -101,7 +105,7 @@ class ResNetBody(nn.Module):
         super().__init__()
         if depth not in BLOCK_COUNTS:
             raise ValueError(f"unsupported ResNet depth {depth}; known: {sorted(BLOCK_COUNTS)}")
-        self.block_counts = BLOCK_COUNTS[depth]
+        self.block_counts = BLOCK_COUNTS[depth][: self.num_stages]
         norm, _ = _norm(gn)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.stem_norm_name = "res_conv1_bn" if gn is None else "conv1_gn"
@@ -118,7 +122,7 @@ class ResNetBody(nn.Module):
                 dim_in = dim_out
             self.add_module(f"res{stage}", nn.ModuleList(layers))
             self.stage_names.append(f"res{stage}")
-        self.out_channels = (256, 512, 1024, 2048)
+        self.out_channels = (256, 512, 1024, 2048)[: self.num_stages]
         self._freeze(freeze_at)
 
     def _freeze(self, freeze_at: int) -> None:
