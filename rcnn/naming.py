@@ -6,14 +6,16 @@ path spells the Detectron op that created the blob::
     <component>.<op path>.<tensor>   <->   <op name>_<suffix>
 
 * ``component`` is the model's top-level child (``backbone``, ``fpn``, ``rpn``,
-  ``box_head``, ``mask_head``, ``keypoint_head``) and is not part of the blob name;
+  ``box_head``, ``mask_head``, ``keypoint_head``; ``retinanet`` for RetinaNet's
+  towers) and is not part of the blob name;
 * the remaining module path, joined with ``_``, is the Detectron op name
   (``res2.0.branch2a`` -> ``res2_0_branch2a``, ``_[mask]_fcn1`` -> ``_[mask]_fcn1``);
 * the tensor name maps to Caffe2's suffix: ``weight`` -> ``_w``, ``bias`` -> ``_b``,
   ``scale`` -> ``_s`` (AffineChannel).
 
 Examples: ``backbone.res4.3.branch2b_bn.scale`` <-> ``res4_3_branch2b_bn_s``;
-``rpn.conv_rpn_fpn2.weight`` <-> ``conv_rpn_fpn2_w``.
+``rpn.conv_rpn_fpn2.weight`` <-> ``conv_rpn_fpn2_w``;
+``retinanet.retnet_cls_pred_fpn3.bias`` <-> ``retnet_cls_pred_fpn3_b``.
 
 The forward direction needs nothing but the key. The inverse needs to know the
 component, so it is the same rule applied to a model's keys and inverted
@@ -25,7 +27,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 TENSOR_SUFFIX: Mapping[str, str] = {"weight": "w", "bias": "b", "scale": "s"}
-COMPONENTS = ("backbone", "fpn", "rpn", "box_head", "mask_head", "keypoint_head")
+COMPONENTS = ("backbone", "fpn", "rpn", "box_head", "mask_head", "keypoint_head", "retinanet")
 
 
 def key_to_blob(key: str) -> str:

@@ -20,6 +20,7 @@ from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, pr
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.postprocess import box_results_with_nms_and_limit
+from rcnn.inference.retinanet import RetinaNetTestParams, retinanet_detections
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
 from rcnn.ops import boxes as box_ops
@@ -86,6 +87,7 @@ class Detector:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.proposal_params = ProposalParams.from_cfg(cfg, train=False)
+        self.retinanet_params = RetinaNetTestParams.from_cfg(cfg) if cfg.RETINANET.RETINANET_ON else None
         self.pixel_means = np.array(cfg.PIXEL_MEANS, dtype=np.float64).reshape(1, 1, 3)
         # im_list_to_blob pads to FPN.COARSEST_STRIDE only with FPN; C4 blobs are unpadded.
         self.blob_stride = cfg.FPN.COARSEST_STRIDE if cfg.FPN.FPN_ON else 1
@@ -121,6 +123,10 @@ class Detector:
     def _forward_batch(self, batch: Sequence[PreparedImage]) -> "DeviceOutputs":
         cfg, dev = self.cfg, self.device
         blob = torch.from_numpy(images_to_blob([p.data for p in batch], self.blob_stride)).to(dev)
+        if self.retinanet_params is not None:   # core/test_retinanet.py: no proposals, no RoI heads
+            dets = retinanet_detections(self.model, blob, batch, self.retinanet_params)
+            return DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
+                                 dets.classes.cpu().numpy(), dets.offsets)
         scales32 = torch.tensor([p.scale for p in batch], dtype=torch.float32, device=dev)
         im_info = torch.stack((torch.full_like(scales32, blob.shape[2]), torch.full_like(scales32, blob.shape[3]),
                                scales32), dim=1)

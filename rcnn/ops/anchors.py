@@ -73,3 +73,21 @@ def grid_anchors(
     """
     return _grid_anchors(int(stride), tuple(sizes), tuple(aspect_ratios), int(height), int(width),
                          torch.device(device))
+
+
+def retinanet_cell_anchors(level: int, scales_per_octave: int, aspect_ratios: Sequence[float],
+                           anchor_scale: float) -> np.ndarray:
+    """(scales_per_octave * len(ratios), 4) float64 RetinaNet anchors of one FPN level.
+
+    ``core/test_retinanet.py::_create_cell_anchors``: octave-major (for each octave
+    ``2 ** (o / scales_per_octave)``, each aspect ratio), each one ``generate_anchors``
+    of size ``stride * octave_scale * anchor_scale``. The sizes are not integers, so
+    these anchors are not exact in float32: callers add them to the shifts in float64.
+    """
+    stride = 2.0 ** level
+    rows = []
+    for octave in range(scales_per_octave):
+        octave_scale = 2 ** (octave / float(scales_per_octave))
+        for aspect in aspect_ratios:
+            rows.append(cell_anchors(int(stride), (stride * octave_scale * anchor_scale,), (aspect,)))
+    return np.vstack(rows)
