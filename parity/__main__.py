@@ -145,8 +145,8 @@ def _add_zoo_parser(sub) -> None:
     p.add_argument("--body", help="backbone, e.g. R-50-FPN or R-50 (both R-50 bodies)")
     p.add_argument("--task", choices=zoo.TASKS, help="models with published numbers for this task")
     p.set_defaults(func=_cmd_zoo_list)
-    for name, helptext, func in (("run", "download, convert, test on COCO val and compare (exit 1 outside "
-                                  "tolerance)", _cmd_zoo_run),
+    run_help = "download, convert, test on COCO val and compare (exit 1 outside tolerance)"
+    for name, helptext, func in (("run", run_help, _cmd_zoo_run),
                                  ("download", "only download a model's .pkl into the cache (prints its path)",
                                   _cmd_zoo_download)):
         p = zsub.add_parser(name, help=helptext)

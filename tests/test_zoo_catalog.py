@@ -166,7 +166,7 @@ def test_zoo_list_cli(capsys):
     assert capsys.readouterr().err == "error: no catalogued model matches these filters\n"
 
 
-@pytest.mark.parametrize("name", ["e2e_mask_rcnn_R-101-FPN_2x", "35861858", "configs/12_2017_baselines/"
-                                  "e2e_mask_rcnn_R-101-FPN_2x.yaml"])
+@pytest.mark.parametrize("name", ["e2e_mask_rcnn_R-101-FPN_2x", "35861858",
+                                  "configs/12_2017_baselines/e2e_mask_rcnn_R-101-FPN_2x.yaml"])
 def test_get_by_name_id_or_config(name):
     assert zoo.get(name).name == "e2e_mask_rcnn_R-101-FPN_2x"
