@@ -136,9 +136,20 @@ def test_zoo_download_cli(server, pkl_bytes, cache, capsys):
     server.drop_once.add(path)
     status, out, _ = _run(capsys, "zoo", "download", MODEL, "--mirror", server.base)
     assert status == 0 and out == f"{cache / MODEL / 'model_final.pkl'}\n"
-    assert _files(cache) == [f"{MODEL}/model_final.pkl"] and file_md5(out.strip()) == hashlib.md5(pkl_bytes).hexdigest()
+    md5 = hashlib.md5(pkl_bytes).hexdigest()
+    assert _files(cache) == [f"{MODEL}/model_final.pkl", f"{MODEL}/model_final.pkl.md5sum"]
+    assert file_md5(out.strip()) == md5 and (cache / MODEL / "model_final.pkl.md5sum").read_text() == md5 + "\n"
     # the published .md5sum is fetched first, then the model; the dropped transfer resumed
     assert [r[0] for r in server.requests] == ["/" + path + ".md5sum", "/" + path, "/" + path]
+    # in the cache: only the .md5sum is fetched again; offline, the md5 saved with the file vouches for it
+    assert _run(capsys, "zoo", "download", MODEL, "--mirror", server.base)[0] == 0 and len(server.requests) == 4
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    assert _run(capsys, "zoo", "download", MODEL, "--mirror", closed, "--timeout", "5")[1] == out
+    (cache / MODEL / "model_final.pkl").write_bytes(b"tampered")
+    status, _, err = _run(capsys, "zoo", "download", MODEL, "--mirror", closed, "--timeout", "5")
+    assert status == 2 and _error(err).startswith(f"error: cannot download {closed}")
 
 
 def test_zoo_cli_download_errors_leave_nothing(server, pkl_bytes, cache, capsys, tmp_path):
@@ -170,6 +181,8 @@ def test_zoo_cli_refusals(capsys, cache, tmp_path):
     status, _, err = _run(capsys, "zoo", "download", "scratch_e2e_mask_rcnn_R-50-FPN_3x_gn")
     assert status == 2 and err == ("error: scratch_e2e_mask_rcnn_R-50-FPN_3x_gn: Detectron published no download "
                                    "for this model; pass --weights FILE\n")
+    status, _, err = _run(capsys, "zoo", "run", "35858933", "--data_root", tmp_path, "--weights", tmp_path / "no.pkl")
+    assert status == 2 and err == f"error: --weights {tmp_path / 'no.pkl'}: file not found\n"
     status, _, err = _run(capsys, "zoo", "run", "e2e_mask_rcnn_R-50-FPN_1", "--data_root", tmp_path)
     assert status == 2 and "did you mean e2e_mask_rcnn_R-50-FPN_1x" in err
     assert _files(cache) == []

@@ -47,7 +47,7 @@ def test_zoo_run_from_download_to_verdict(shared_data, synthetic_pkls, tmp_path,
     assert '<th bgcolor=white>out</th>' in stdout and "<th bgcolor=white>Detectron</th>" in stdout
     assert (out / "compare.md").read_text().splitlines()[-1] == verdict
     # the cache holds the verified download only; the run folder what test_net writes
-    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == ["model_final.pkl"]
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == ["model_final.pkl", "model_final.pkl.md5sum"]
     assert (cache / MODEL / "model_final.pkl").read_bytes() == pkl.read_bytes()
     assert {"metrics.json", "model_final.pt", "compare.md", "bbox_coco_2017_val_results.json"} <= \
         {p.name for p in out.iterdir()}
