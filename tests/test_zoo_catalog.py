@@ -170,3 +170,14 @@ def test_zoo_list_cli(capsys):
                                   "configs/12_2017_baselines/e2e_mask_rcnn_R-101-FPN_2x.yaml"])
 def test_get_by_name_id_or_config(name):
     assert zoo.get(name).name == "e2e_mask_rcnn_R-101-FPN_2x"
+
+
+def test_x152_baseline_follows_test_time_augmentation():
+    from parity.zoo_run import baseline
+
+    x152 = zoo.get("e2e_mask_rcnn_X-152-32x8d-FPN-IN5k_1.44x")
+    assert baseline(x152, True).values == {"bbox": (48.1,) + (None,) * 11, "segm": (41.5,) + (None,) * 11}
+    plain = baseline(x152, False)
+    assert plain.label == "Detectron (no test-time aug.)" and plain.published
+    assert plain.values == {"bbox": (45.2,) + (None,) * 11, "segm": (39.7,) + (None,) * 11}
+    assert baseline(zoo.get("e2e_mask_rcnn_R-50-FPN_2x"), False) == reference_row("e2e_mask_rcnn_R-50-FPN_2x")
