@@ -1,6 +1,6 @@
 """``python -m parity`` / ``detectron-parity``: COCO evaluation and parity tools.
 
-Exit status: 0 success; 1 a comparison or match outside tolerance (for CI gates);
+Exit status: 0 success; 1 a comparison, match or zoo run outside tolerance (for CI gates);
 2 bad input, reported as one line ``error: ...`` naming the file or record.
 """
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
-from parity import benchmark_md, compare, losses, match
+from parity import benchmark_md, compare, losses, match, zoo
 from parity.evaluate import BACKENDS, evaluate, summary_lines
 from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json, split_label
 from parity.records import IOU_TYPES
@@ -109,6 +110,62 @@ def _cmd_benchmark_md(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_list(args: argparse.Namespace) -> int:
+    models = zoo.select(args.family, args.body, args.task)
+    if not models:
+        raise InputError("no catalogued model matches these filters")
+    print("\n".join(zoo.list_lines(models)))
+    return 0
+
+
+def _cmd_zoo_download(args: argparse.Namespace) -> int:
+    from parity.zoo_run import fetch_weights
+
+    print(fetch_weights(zoo.get(args.name), args.mirror, args.timeout))
+    return 0
+
+
+def _cmd_zoo_run(args: argparse.Namespace) -> int:
+    from parity.zoo_run import ZooRunOptions, run
+
+    if args.limit is not None and args.limit <= 0:
+        raise InputError("--limit must be positive")
+    options = ZooRunOptions(args.data_root, args.device, args.limit, args.weights, args.output_dir, args.opts,
+                            args.mirror, args.timeout)
+    result, text = run(args.name, options)
+    print(text)
+    return 0 if result.passed else 1
+
+
+def _add_zoo_parser(sub) -> None:
+    zp = sub.add_parser("zoo", help="Detectron's model zoo: list models, check one against its published numbers")
+    zsub = zp.add_subparsers(dest="zoo_command", required=True)
+    p = zsub.add_parser("list", help="catalogued models with their published numbers")
+    p.add_argument("--family", help="e.g. e2e_mask_rcnn, retinanet, rpn, imagenet")
+    p.add_argument("--body", help="backbone, e.g. R-50-FPN or R-50 (both R-50 bodies)")
+    p.add_argument("--task", choices=zoo.TASKS, help="models with published numbers for this task")
+    p.set_defaults(func=_cmd_zoo_list)
+    run_help = "download, convert, test on COCO val and compare (exit 1 outside tolerance)"
+    for name, helptext, func in (("run", run_help, _cmd_zoo_run),
+                                 ("download", "only download a model's .pkl into the cache (prints its path)",
+                                  _cmd_zoo_download)):
+        p = zsub.add_parser(name, help=helptext)
+        p.add_argument("name", help="catalog name (see `zoo list`), model id or config name")
+        p.add_argument("--mirror", default=os.environ.get("DETECTRON_ZOO_MIRROR"),
+                       help="base URL replacing https://dl.fbaipublicfiles.com/ (default: $DETECTRON_ZOO_MIRROR)")
+        p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+        p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("--data_root", required=True,
+                           help="data root laid out like Detectron's (coco/annotations/, coco/val2017/)")
+            p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
+            p.add_argument("--limit", type=int, help="only the first N images by id (a quick check)")
+            p.add_argument("--weights", help="a model_final.pkl you already have: no download")
+            p.add_argument("--output_dir", help="default: outputs/zoo/<name>")
+            p.add_argument("--set", dest="opts", nargs="+", default=[], metavar="KEY VALUE",
+                           help="config overrides, e.g. TEST.SCALE 600")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all subcommands."""
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__.splitlines()[0])
@@ -175,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-speed", nargs="+", metavar="BENCH", help="record tools/benchmark.py --json results ([LABEL=]FILE)")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs from its rendering")
     p.set_defaults(func=_cmd_benchmark_md)
+
+    _add_zoo_parser(sub)
     return parser
 
 

@@ -1,9 +1,11 @@
-"""Detectron's published COCO numbers for the three 12_2017 R-50-FPN baselines.
+"""Detectron's published COCO numbers of every model-zoo detector, derived from the zoo
+catalog (:mod:`parity.zoo`, the one source of these numbers).
 
-Values are percentages rounded to one decimal, exactly as published; ``None`` would mark
-a number that was never published (none is missing for these three models).
+Values are percentages rounded to one decimal, exactly as published; ``None`` marks a
+number that was never published. MODEL_ZOO.md publishes one AP per type (and proposal
+AR@1000 for RPN models); all 12/12/10 stats are published for the three R-50-FPN 1x
+baselines only (their catalog entries carry them as ``full_stats``):
 
-Sources:
 - All 12 box / 12 mask / 10 keypoint stats: the "Detectron" rows of
   roytseng-tw/Detectron.pytorch ``BENCHMARK.md`` as last changed in commit
   ab028df7c73ca75cf4c7dc0a04b577a8e47722aa (unchanged up to 1b1c4ba58428b7277a45b0dce6cc1bce3744b86a),
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parity.fileio import InputError
+from parity.zoo import ZooModel, catalog
 
 DETECTRON_PYTORCH_BENCHMARK = "roytseng-tw/Detectron.pytorch BENCHMARK.md @ ab028df7, 'Detectron' rows"
 DETECTRON_MODEL_ZOO = "facebookresearch/Detectron MODEL_ZOO.md @ 0a5101df"
@@ -32,37 +35,26 @@ class ReferenceModel:
     model_id: int
     stats: dict[str, tuple[float | None, ...]]
     source: str
+    proposal_ar: float | None = None  # RPN models: published proposal AR@1000 (%)
 
 
-MODELS: dict[str, ReferenceModel] = {
-    m.name: m
-    for m in (
-        ReferenceModel(
-            "e2e_faster_rcnn_R-50-FPN_1x",
-            35857345,
-            {"bbox": (36.7, 58.4, 39.6, 21.1, 39.8, 48.1, 30.6, 48.0, 50.4, 31.8, 54.1, 63.4)},
-            DETECTRON_PYTORCH_BENCHMARK,
-        ),
-        ReferenceModel(
-            "e2e_mask_rcnn_R-50-FPN_1x",
-            35858933,
-            {
-                "bbox": (37.7, 59.2, 40.9, 21.4, 40.8, 49.7, 31.3, 48.9, 51.2, 32.3, 54.8, 64.8),
-                "segm": (33.9, 55.8, 35.8, 14.9, 36.3, 50.9, 29.2, 44.4, 46.2, 26.2, 50.1, 62.0),
-            },
-            DETECTRON_PYTORCH_BENCHMARK,
-        ),
-        ReferenceModel(
-            "e2e_keypoint_rcnn_R-50-FPN_1x",
-            37697547,
-            {
-                "bbox": (53.6, 82.8, 58.3, 36.5, 61.2, 69.7, 18.7, 54.3, 62.2, 47.6, 68.3, 76.8),
-                "keypoints": (64.2, 86.4, 69.9, 58.5, 73.4, 70.7, 90.9, 75.9, 64.9, 79.0),
-            },
-            DETECTRON_PYTORCH_BENCHMARK,
-        ),
-    )
-}
+_TYPES = (("bbox", "box_ap", 12), ("segm", "mask_ap", 12), ("keypoints", "kp_ap", 10))
+
+
+def _reference(model: ZooModel) -> ReferenceModel:
+    """The published row of a catalogued detector: every stat where the catalog has them
+    (``full_stats``), else the headline AP of each type and ``None`` for the other stats."""
+    if model.full_stats:
+        stats = {t: tuple(model.full_stats[t]) for t, _, _ in _TYPES if t in model.full_stats}
+        source = str(model.full_stats["source"])
+    else:
+        stats = {t: (model.published[key],) + (None,) * (n - 1)
+                 for t, key, n in _TYPES if model.published[key] is not None}
+        source = f"facebookresearch/Detectron {model.source} @ 04155a0"
+    return ReferenceModel(model.name, model.id or 0, stats, source, model.published["prop_ar"])
+
+
+MODELS: dict[str, ReferenceModel] = {m.name: _reference(m) for m in catalog().values() if m.is_detector}
 
 _ALIASES = {"faster": "e2e_faster_rcnn_R-50-FPN_1x", "mask": "e2e_mask_rcnn_R-50-FPN_1x",
             "keypoint": "e2e_keypoint_rcnn_R-50-FPN_1x", "keypoints": "e2e_keypoint_rcnn_R-50-FPN_1x"}
@@ -83,7 +75,8 @@ def resolve_model(name: str) -> str:
     stem = config_stem(name)
     stem = _ALIASES.get(stem, stem)
     if stem not in MODELS:
-        raise InputError(f"no published reference for model {name!r} (known: {', '.join(list(_ALIASES)[:3] + list(MODELS))})")
+        raise InputError(f"no published reference for model {name!r} (known: {', '.join(list(_ALIASES)[:3])} "
+                         "or a model-zoo name, see `python -m parity zoo list`)")
     return stem
 
 
