@@ -44,6 +44,8 @@ def test_soft_nms_groups_are_independent():
     expect = [g[f"sn_{n}_linear_s0.5_nt0.3_t0.001_keep"] + offsets[i]
               for i, n in [(1, "dups"), (2, "exact"), (0, "ties200")]]      # ascending group id
     np.testing.assert_array_equal(keep.numpy(), np.concatenate(expect))
+    expect_scores = [g[f"sn_{n}_linear_s0.5_nt0.3_t0.001_dets"][:, 4] for n in ("dups", "exact", "ties200")]
+    assert scores.numpy().tobytes() == np.concatenate(expect_scores).tobytes()
     assert len(soft_nms(dets[:0, :4], dets[:0, 4], None)[0]) == 0
     with pytest.raises(ValueError):
         soft_nms(dets[:, :4], dets[:, 4], None, method="cosine")

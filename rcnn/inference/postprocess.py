@@ -51,7 +51,7 @@ class NmsVariants:
     vote_scoring: str = "ID"
 
     @classmethod
-    def from_cfg(cls, cfg) -> "NmsVariants | None":
+    def from_cfg(cls, cfg) -> NmsVariants | None:
         soft, vote = cfg.TEST.SOFT_NMS, cfg.TEST.BBOX_VOTE
         if not soft.ENABLED and not vote.ENABLED:
             return None
@@ -62,7 +62,8 @@ class NmsVariants:
         return cls(soft.METHOD if soft.ENABLED else None, soft.SIGMA,
                    vote.VOTE_TH if vote.ENABLED else None, vote.SCORING_METHOD)
 
-    def suppress(self, boxes: Tensor, scores: Tensor, groups: Tensor, nms_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+    def suppress(self, boxes: Tensor, scores: Tensor, groups: Tensor,
+                 nms_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
         """Kept indices and their (possibly decayed, voted) scores and boxes."""
         if self.soft_nms_method is None:
             keep = batched_nms(boxes, scores, groups, nms_thresh)
