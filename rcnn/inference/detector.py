@@ -19,7 +19,7 @@ from torch import Tensor
 from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, prepare
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
-from rcnn.inference.postprocess import box_results_with_nms_and_limit
+from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
 from rcnn.inference.retinanet import RetinaNetTestParams, retinanet_detections
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
@@ -151,7 +151,7 @@ class Detector:
             pred = boxes.repeat(1, num_classes)
 
         dets = box_results_with_nms_and_limit(scores, pred, image_index, len(batch), cfg.TEST.SCORE_THRESH,
-                                              cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM)
+                                              cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM, NmsVariants.from_cfg(cfg))
         out = DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
                             dets.classes.cpu().numpy(), dets.offsets)
         if len(dets.scores) and (cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINTS_ON):

@@ -133,13 +133,19 @@ def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
     the union are formed in float64 and rounded once to float32; the
     intersection and the final division stay float32.
     """
+    return paired_iou(a[:, None, :], b[None, :, :])
+
+
+def paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """``bbox_overlaps`` of broadcastable (..., 4) boxes ``a`` (its ``boxes``) and ``b`` (its
+    ``query_boxes``), element by element: the arithmetic of ``pairwise_iou``."""
     f64 = torch.float64
-    area_a = (a[:, 2] - a[:, 0]).to(f64).add_(1) * (a[:, 3] - a[:, 1]).to(f64).add_(1)
-    area_b = ((b[:, 2] - b[:, 0]).to(f64).add_(1) * (b[:, 3] - b[:, 1]).to(f64).add_(1)).to(a.dtype)
-    iw = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]) + 1
-    ih = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]) + 1
+    area_a = (a[..., 2] - a[..., 0]).to(f64).add_(1) * (a[..., 3] - a[..., 1]).to(f64).add_(1)
+    area_b = ((b[..., 2] - b[..., 0]).to(f64).add_(1) * (b[..., 3] - b[..., 1]).to(f64).add_(1)).to(a.dtype)
+    iw = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0]) + 1
+    ih = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]) + 1
     inter = iw * ih
-    union = (area_a[:, None] + area_b[None, :].to(f64) - inter.to(f64)).to(a.dtype)
+    union = (area_a + area_b.to(f64) - inter.to(f64)).to(a.dtype)
     return torch.where((iw > 0) & (ih > 0), inter / union, torch.zeros_like(inter))
 
 
