@@ -4,7 +4,7 @@ Plain random weights are useless for checking a detection pipeline: the residual
 stream grows block after block, RPN sigmoids saturate to exactly 1.0 (hundreds
 of ties) and no class passes the score threshold (reference §4.14). Here every
 layer is calibrated, in network order, on the activations of a real image:
-AffineChannels normalise their conv's output (like a BN fitted to that image),
+AffineChannels and GroupNorms normalise their conv's output (like a BN fitted to that image),
 other layers are rescaled to a target output mean/std per channel, and
 ``cls_score`` is biased towards a few classes. The result gives ~100 detections
 per image over a handful of classes, scores spread over 0.05-0.9, unsaturated
@@ -19,9 +19,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from rcnn.inference.detector import Detector
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
+from rcnn.modeling.group_norm import GroupNorm
 from rcnn.modeling.resnet import AffineChannel
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,25 @@ def _fit_affine(gain: float) -> Callable[[nn.Module, Tensor], None]:
         mod.scale.copy_((gain / std).float())
         mod.bias.copy_((-mean * gain / std).float())
     return fit
+
+
+def _fit_group_norm(gain: float) -> Callable[[nn.Module, Tensor], None]:
+    """Like ``_fit_affine``, on the group-normalised input: each output channel gets std ``gain``."""
+    def fit(mod: nn.Module, x: Tensor) -> None:
+        mean, std = _channel_stats(F.group_norm(x, mod.num_groups, eps=mod.eps))
+        mod.scale.copy_((gain / std).float())
+        mod.bias.copy_((-mean * gain / std).float())
+    return fit
+
+
+def _calibrate_hidden(layers) -> None:
+    """Unit-std hidden layers: a conv/linear with a bias is rescaled, a ``ConvGN`` conv (no bias)
+    is left to its GroupNorm, which is fitted instead."""
+    for layer in layers:
+        if isinstance(layer, GroupNorm):
+            _calibrate_once(layer, _fit_group_norm(1.0))
+        elif layer.bias is not None:
+            _calibrate_once(layer, _fit_layer(0.0, 1.0))
 
 
 def _fit_layer(target_mean: Tensor | float, target_std: Tensor | float,
@@ -91,11 +112,13 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
     # C4 models (rcnn.modeling.c4) have no FPN and their res5 is the box head's.
     resnet = [model.backbone] + ([model.box_head.res5] if hasattr(model.box_head, "res5") else [])
     for name, mod in (item for part in resnet for item in part.named_modules()):
+        # Damp the residual branches so the stream stays O(1) through 16 (or 50) blocks.
+        gain = 0.4 if name.endswith(("branch2c_bn", "branch2c_gn")) else 1.0
         if isinstance(mod, AffineChannel):
-            # Damp the residual branches so the stream stays O(1) through 16 blocks.
-            _calibrate_once(mod, _fit_affine(0.4 if name.endswith("branch2c_bn") else 1.0))
-    for mod in (model.fpn.children() if hasattr(model, "fpn") else ()):
-        _calibrate_once(mod, _fit_layer(0.0, 1.0))
+            _calibrate_once(mod, _fit_affine(gain))
+        elif isinstance(mod, GroupNorm):
+            _calibrate_once(mod, _fit_group_norm(gain))
+    _calibrate_hidden(model.fpn.children() if hasattr(model, "fpn") else ())
     conv, cls, bbox = (getattr(model.rpn, n) for n in model.rpn.names)
     _calibrate_once(conv, _fit_layer(0.0, 1.0))
     _calibrate_once(cls, _fit_layer(-3.0, 0.5, centre=True))   # probabilities well inside (0, 1)
@@ -111,8 +134,9 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
     fewer_rois = max(1.0, 1000 / cfg.TEST.RPN_POST_NMS_TOP_N)
     cls_mean[favoured] = -1.0 + 0.5 * math.log(num_favoured / len(favoured)) + 0.5 * math.log(fewer_rois)
     box = model.box_head
-    for fc in ((box.fc6, box.fc7) if hasattr(box, "fc6") else ()):
-        _calibrate_once(fc, _fit_layer(0.0, 1.0))
+    # The C4 box head's hidden layers are its res5 blocks, calibrated with the body above.
+    _calibrate_hidden(m for m in box.children() if m not in (box.cls_score, box.bbox_pred)
+                      and not isinstance(m, nn.ModuleList))
     _calibrate_once(box.cls_score, _fit_layer(cls_mean, 0.7, centre=True))
     _calibrate_once(box.bbox_pred, _fit_layer(0.0, 1.0))
     # Mask/keypoint heads: unit-std hidden layers, logits with std 2 (masks and
@@ -120,13 +144,12 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
     heads = []
     if cfg.MODEL.MASK_ON:
         m = model.mask_head
-        heads.append(([getattr(m, n) for n in m.conv_names] + [m.conv5_mask], m.mask_fcn_logits))
+        heads.append(([c for c in m.children() if c is not m.mask_fcn_logits], m.mask_fcn_logits))
     if cfg.MODEL.KEYPOINTS_ON:
         k = model.keypoint_head
         heads.append(([getattr(k, n) for n in k.conv_names], k.kps_score_lowres))
     for hidden, logits in heads:
-        for layer in hidden:
-            _calibrate_once(layer, _fit_layer(0.0, 1.0))
+        _calibrate_hidden(hidden)
         _calibrate_once(logits, _fit_layer(0.0, 2.0))
 
     dets = Detector(model, cfg)([image])[0]

@@ -35,7 +35,7 @@ from convert.checkpoint import (
 )
 from convert.detectron_cfg import dump_detectron_cfg, parse_detectron_cfg
 from convert.errors import CfgMismatchError, ConvertError, WeightsMismatchError
-from convert.kinds import detect_kind
+from convert.kinds import cfg_for_file, detect_kind
 from convert.pickle_io import read_detectron_pkl, write_detectron_pkl
 from rcnn.config import cfg_from_yaml_text, load_cfg
 from rcnn.modeling import build_model
@@ -199,8 +199,7 @@ def test_kind_detection(files, family):
 def test_kind_detection_c4_and_others():
     kind = detect_kind(c4_blob_shapes())
     assert (kind.kind, kind.fpn, kind.backbone, kind.num_classes) == ("detector", False, "R-50", 81)
-    assert kind.family == "e2e_faster_rcnn_R-50-C4"
-    assert kind.baseline_config == CONFIGS / "e2e_faster_rcnn_R-50-C4_1x.yaml"   # shipped with the C4 models
+    assert kind.family == "e2e_faster_rcnn_R-50-C4" and kind.baseline_config == CONFIGS / "e2e_faster_rcnn_R-50-C4_1x.yaml"
     assert kind.describe() == "Faster R-CNN detector, R-50-C4, 81 classes"
     shapes = dict(c4_blob_shapes(), res2_0_branch2b_w=(256, 8, 3, 3))
     for i in range(6, 23):
@@ -364,18 +363,21 @@ def test_imagenet_backbone_is_not_a_detector(imagenet, files, tmp_path):
 
 
 def test_c4_file_needs_a_c4_config(c4_file, tmp_path):
-    # The shipped C4 baseline config is picked; this file's placeholder shapes do not fit it.
-    with pytest.raises(WeightsMismatchError, match=r"c4.pkl does not fit the config: the file is a Faster R-CNN "
-                                                   r"detector, R-50-C4, 81 classes \(config family e2e_faster_rcnn_R-50-C4\), "
-                                                   r"the config builds a Faster R-CNN detector, R-50-C4, 81 classes\. "
-                                                   r"156 shape-mismatched"):
-        pkl_to_pt(c4_file, tmp_path / "x.pt")
+    cfg = cfg_for_file(detect_kind(c4_blob_shapes()), "c4.pkl")
+    assert cfg.MODEL.CONV_BODY == "ResNet.add_ResNet50_conv4_body" and not cfg.MODEL.MASK_ON
+    c4_two = tmp_path / "c4_two.pkl"
+    write_detectron_pkl(c4_two, {b: np.zeros(s, np.float32) for b, s in c4_blob_shapes(2).items()}, None)
+    with pytest.raises(ConvertError, match=r"c4_two.pkl is a Faster R-CNN detector, R-50-C4, 2 classes; the baseline "
+                                           r"config e2e_faster_rcnn_R-50-C4_1x.yaml has MODEL.NUM_CLASSES 81: pass a "
+                                           r"config of family e2e_faster_rcnn_R-50-C4 with MODEL.NUM_CLASSES: 2"):
+        pkl_to_pt(c4_two, tmp_path / "x.pt")
     with pytest.raises(WeightsMismatchError) as info:
         pkl_to_pt(c4_file, tmp_path / "x.pt", cfg=config("faster"))
     message = str(info.value)
+    assert "(config family e2e_faster_rcnn_R-50-C4)" in message
     assert "use the config 12_2017_baselines/e2e_faster_rcnn_R-50-C4_1x.yaml" in message
     assert "unexpected: conv_rpn_w, conv_rpn_b" in message and "conv_rpn_fpn2_w" in info.value.report.missing
-    assert files_in(tmp_path) == []
+    assert files_in(tmp_path) == ["c4_two.pkl"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +525,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(files, two_class_faster, imagenet,
         "hostile": ([hostile, out / "x.pt"], "refusing to load .*hostile.pkl: it references the Python object "
                                              "os.system"),
         "imagenet": ([imagenet, out / "x.pt"], "R-50.pkl is an ImageNet R-50 backbone, not a detector"),
-        "c4": ([c4_file, out / "x.pt"], r"c4.pkl does not fit the config: .*R-50-C4, 81 classes\. 156 shape-mismatched"),
+        "c4": ([c4_file, out / "x.pt", "--cfg", CONFIGS / "e2e_faster_rcnn_R-50-FPN_1x.yaml"],
+               "c4.pkl does not fit the config: the file is a Faster R-CNN detector, R-50-C4, 81 classes"),
         "class count": ([two_class_faster, out / "x.pt", "--cfg", CONFIGS / "e2e_faster_rcnn_R-50-FPN_1x.yaml"],
                         r"cls_score_w file \(2, 1024\) vs model \(81, 1024\)"),
         "bad cfg": ([c4_file, out / "x.pt", "--cfg", tmp_path / "none.yaml"], "cannot read config file"),

@@ -7,6 +7,7 @@ import torch
 
 from convert.__main__ import main
 from rcnn.config import load_cfg
+from rcnn.engine.solver import param_groups
 from rcnn.modeling import build_model
 from rcnn.modeling.group_norm import GroupNorm, GroupNormSpec
 from rcnn.naming import key_to_blob
@@ -115,6 +116,12 @@ def test_gn_groups_eps_and_freezing():
     assert model.backbone.res3[0].branch2a_gn.scale.requires_grad and model.fpn.fpn_res2_2_sum_gn.scale.requires_grad
     scratch = build_model(load_cfg(GN / "scratch_e2e_mask_rcnn_R-50-FPN_3x_gn.yaml"))   # TRAIN.FREEZE_AT 0
     assert all(p.requires_grad for p in scratch.parameters())
+    # optimizer.py: GN beta is a bias (2x gradient, no decay), GN gamma decays with SOLVER.WEIGHT_DECAY_GN.
+    weights, biases, gn_scales = param_groups(model, load_cfg(GN / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml",
+                                                              ["SOLVER.WEIGHT_DECAY_GN", "0.5"]))
+    assert (gn_scales["weight_decay"], gn_scales["grad_scale"], weights["weight_decay"]) == (0.5, 1.0, 0.0001)
+    assert gn_scales["params"][0] is model.backbone.res3[0].branch1_gn.scale
+    assert len(gn_scales["params"]) == 69 - 1 - 10 and any(p is model.fpn.fpn_res2_2_sum_gn.bias for p in biases["params"])
     # get_group_gn: GROUP_NORM.DIM_PER_GP instead of NUM_GROUPS.
     spec = GroupNormSpec.from_cfg(load_cfg(GN / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml",
                                            ["GROUP_NORM.DIM_PER_GP", "16", "GROUP_NORM.NUM_GROUPS", "-1"]))

@@ -124,24 +124,31 @@ def param_groups(model: nn.Module, cfg: CfgNode) -> list[dict[str, Any]]:
 
     Only parameters with ``requires_grad`` (frozen stages are already excluded by
     ``TRAIN.FREEZE_AT``; AffineChannel and ``kps_score`` are buffers). A blob named ``*_b`` is a
-    bias: gradient x2, no weight decay; ``*_w`` gets ``SOLVER.WEIGHT_DECAY``. Any other trainable
-    blob (e.g. GroupNorm's ``*_gn_s``, which Detectron decays with ``WEIGHT_DECAY_GN``) is refused.
+    bias: gradient x2, no weight decay (GroupNorm's ``*_gn_b`` too: Detectron tests ``model.biases``
+    before ``model.gn_params``); GroupNorm's ``*_gn_s`` gets ``SOLVER.WEIGHT_DECAY_GN``; ``*_w`` gets
+    ``SOLVER.WEIGHT_DECAY``. Any other trainable blob is refused.
     """
     weights: list[Tensor] = []
     biases: list[Tensor] = []
+    gn_scales: list[Tensor] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         blob = key_to_blob(name)
         if blob.endswith("_b"):
             biases.append(param)
+        elif blob.endswith("_gn_s"):
+            gn_scales.append(param)
         elif blob.endswith("_w"):
             weights.append(param)
         else:
             raise ValueError(f"{name} ({blob}) is neither a weight (_w) nor a bias (_b); "
                              "Detectron's update rule for it is not implemented")
-    return [{"params": weights, "weight_decay": float(cfg.SOLVER.WEIGHT_DECAY), "grad_scale": 1.0},
-            {"params": biases, "weight_decay": 0.0, "grad_scale": 2.0}]
+    groups = [{"params": weights, "weight_decay": float(cfg.SOLVER.WEIGHT_DECAY), "grad_scale": 1.0},
+              {"params": biases, "weight_decay": 0.0, "grad_scale": 2.0}]
+    if gn_scales:
+        groups.append({"params": gn_scales, "weight_decay": float(cfg.SOLVER.WEIGHT_DECAY_GN), "grad_scale": 1.0})
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------
