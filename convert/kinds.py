@@ -47,7 +47,8 @@ class FileKind:
     ``kind``: ``detector``, ``imagenet`` (a classification backbone such as ``R-50.pkl``),
     ``rpn-only``, ``retinanet`` or ``unknown``; ``backbone`` like ``R-50`` or ``X-101-32x8d``;
     ``fpn``: FPN (True) or single-level C4 (False) for detectors; ``heads``: a subset of
-    ``box``, ``mask``, ``keypoint``; ``num_classes`` from ``cls_score_w`` (background included).
+    ``box``, ``mask``, ``keypoint``; ``num_classes`` from ``cls_score_w`` or RetinaNet's class and box
+    predictions (background included).
     """
 
     kind: str
@@ -135,7 +136,10 @@ def detect_kind(shapes: Mapping[str, Sequence[int]]) -> FileKind:
                                          ("keypoint", "kps_score_lowres_w")) if blob in names)
     fpn = "conv_rpn_fpn2_w" in names or any(n.startswith("fpn_") for n in names)
     if any(n.startswith("retnet_") for n in names):
-        return FileKind("retinanet", backbone, True)
+        cls_pred, bbox_pred = shapes.get("retnet_cls_pred_fpn3_w"), shapes.get("retnet_bbox_pred_fpn3_w")
+        # A * (K - 1) class channels, 4A box channels (class-agnostic)
+        num_classes = cls_pred[0] * 4 // bbox_pred[0] + 1 if cls_pred and bbox_pred else None
+        return FileKind("retinanet", backbone, True, num_classes=num_classes)
     if heads:
         num_classes = shapes["cls_score_w"][0] if "cls_score_w" in names else None
         num_keypoints = shapes["kps_score_lowres_w"][1] if "keypoint" in heads else None
@@ -153,6 +157,8 @@ def cfg_kind(cfg: CfgNode) -> FileKind:
     backbone = f"R-{body.group(1)}" if body else None
     if backbone and cfg.RESNETS.NUM_GROUPS > 1:
         backbone = f"X-{body.group(1)}-{cfg.RESNETS.NUM_GROUPS}x{cfg.RESNETS.WIDTH_PER_GROUP}d"
+    if cfg.RETINANET.RETINANET_ON:
+        return FileKind("retinanet", backbone, True, num_classes=cfg.MODEL.NUM_CLASSES)
     heads = ("box",) + (("mask",) if cfg.MODEL.MASK_ON else ()) + (("keypoint",) if cfg.MODEL.KEYPOINTS_ON else ())
     return FileKind("detector", backbone, bool(cfg.FPN.FPN_ON), heads, cfg.MODEL.NUM_CLASSES,
                     cfg.KRCNN.NUM_KEYPOINTS if cfg.MODEL.KEYPOINTS_ON else None)

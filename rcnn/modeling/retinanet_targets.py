@@ -104,6 +104,8 @@ def retinanet_targets(feature_sizes: Sequence[tuple[int, int]], im_info: Tensor,
     per_image, fg_num = [], 0.0
     for i, t in enumerate(targets):
         keep = ~t.is_crowd & (t.classes > 0)
+        if not bool(keep.any()):   # Detectron asserts too (its roidb filter drops such images)
+            raise ValueError(f"image {t.image_id}: RetinaNet training needs a non-crowd ground-truth box")
         gt = t.boxes[keep].to(device) * im_info[i, 2]
         labels, deltas, num_fg = _image_labels(anchors, gt, t.classes[keep].to(device), params)
         per_image.append((labels, deltas))
