@@ -53,7 +53,8 @@ class FileKind:
     ``kind``: ``detector``, ``imagenet`` (a classification backbone such as ``R-50.pkl``),
     ``rpn-only``, ``retinanet`` or ``unknown``; ``backbone`` like ``R-50`` or ``X-101-32x8d``;
     ``fpn``: FPN (True) or single-level C4 (False) for detectors; ``heads``: a subset of
-    ``box``, ``mask``, ``keypoint``; ``num_classes`` from ``cls_score_w`` (background included);
+    ``box``, ``mask``, ``keypoint``; ``num_classes`` from ``cls_score_w`` or RetinaNet's class and box
+    predictions (background included);
     ``gn``: GroupNorm model (``04_2018_gn_baselines``); ``e2e``: a detector with its own RPN
     (False: Fast R-CNN on precomputed proposals, Detectron's ``fast_rcnn_*``/``mask_rcnn_*`` configs).
     """

@@ -75,7 +75,7 @@ def _fit_layer(target_mean: Tensor | float, target_std: Tensor | float,
                centre: bool = False) -> Callable[[nn.Module, Tensor], None]:
     """Rescale a conv/linear so each output channel has the target mean and std.
 
-    ``centre`` (1x1 convs and linear layers): first remove from each filter its component
+    ``centre`` (convs and linear layers): first remove from each filter its component
     along the mean input, so the output mean is the bias alone. Images with more contrast
     than the calibration image then widen the output's spread around the target mean
     instead of shifting it: RPN and class logits stay unsaturated on other images.
@@ -85,6 +85,7 @@ def _fit_layer(target_mean: Tensor | float, target_std: Tensor | float,
         if centre:
             mu, _ = _channel_stats(x)
             w = mod.weight.view(mod.weight.shape[0], -1).double()
+            mu = mu.repeat_interleave(w.shape[1] // mu.numel())   # a conv's taps see the same mean
             w -= (w @ mu)[:, None] * mu[None, :] / (mu @ mu)
             mod.weight.copy_(w.view_as(mod.weight).float())
         mean, std = _channel_stats(mod(x))
@@ -110,7 +111,7 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
                     mod.bias.zero_()
 
     # C4 models (rcnn.modeling.c4) have no FPN and their res5 is the box head's.
-    resnet = [model.backbone] + ([model.box_head.res5] if hasattr(model.box_head, "res5") else [])
+    resnet = [model.backbone] + ([model.box_head.res5] if hasattr(getattr(model, "box_head", None), "res5") else [])
     for name, mod in (item for part in resnet for item in part.named_modules()):
         # Damp the residual branches so the stream stays O(1) through 16 (or 50) blocks.
         gain = 0.4 if name.endswith(("branch2c_bn", "branch2c_gn")) else 1.0
@@ -119,6 +120,11 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
         elif isinstance(mod, GroupNorm):
             _calibrate_once(mod, _fit_group_norm(gain))
     _calibrate_hidden(model.fpn.children() if hasattr(model, "fpn") else ())
+    if cfg.RETINANET.RETINANET_ON:
+        _calibrate_retinanet_head(model.retinanet, cfg.MODEL.NUM_CLASSES, gen, num_favoured)
+        dets = Detector(model, cfg)([image])[0]
+        logger.info("calibrated on one image: %d detections over %d classes", len(dets), len(np.unique(dets.classes)))
+        return
     conv, cls, bbox = (getattr(model.rpn, n) for n in model.rpn.names)
     _calibrate_once(conv, _fit_layer(0.0, 1.0))
     _calibrate_once(cls, _fit_layer(-3.0, 0.5, centre=True))   # probabilities well inside (0, 1)
@@ -154,6 +160,21 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
 
     dets = Detector(model, cfg)([image])[0]
     logger.info("calibrated on one image: %d detections over %d classes", len(dets), len(np.unique(dets.classes)))
+
+
+def _calibrate_retinanet_head(head: nn.Module, num_classes: int, gen: torch.Generator, num_favoured: int) -> None:
+    """Unit-std towers; class logits around -7 (probability ~0.001) except a few favoured
+    classes around -5, so that a few hundred anchors per image pass the 0.05 threshold."""
+    for name in head.cls_convs + head.bbox_convs:
+        _calibrate_once(getattr(head, name), _fit_layer(0.0, 1.0))
+    favoured = torch.randperm(num_classes - 1, generator=gen)[: min(num_favoured, num_classes - 1)]
+    class_mean = torch.full((num_classes - 1,), -7.0, dtype=torch.float64)
+    class_mean[favoured] = -5.0
+    cls_pred = getattr(head, head.cls_pred)
+    num_anchors = cls_pred.out_channels // (num_classes - 1)
+    # Channel a * (K - 1) + c; centred like cls_score, so brighter images do not shift every logit up.
+    _calibrate_once(cls_pred, _fit_layer(class_mean.repeat(num_anchors), 0.7, centre=True))
+    _calibrate_once(getattr(head, head.bbox_pred), _fit_layer(0.0, 0.1))
 
 
 def synthetic_detectron_blobs(model: GeneralizedRCNN, seed: int = 0) -> tuple[dict[str, np.ndarray], set[str]]:

@@ -130,3 +130,26 @@ def test_equal_scores_rank_lower_index_first():
     capped = _sparse_inputs(spread)
     assert len(capped.scores) == 100
     assert torch.equal(capped.boxes, _sparse_inputs(spread[:100]).boxes)
+
+
+def test_file_kind_and_wrong_family_messages(tmp_path):
+    """A RetinaNet blob set names its family, classes and baseline config; R-CNN weights given a
+    RetinaNet config are refused in one line naming the config they need."""
+    from convert.checkpoint import load_detectron_weights
+    from convert.errors import WeightsMismatchError
+    from convert.kinds import cfg_for_file, detect_kind
+    from convert.pickle_io import write_detectron_pkl
+
+    cfg = load_cfg(CONFIG.format("R-50-FPN"))
+    model = build_model(cfg)
+    kind = detect_kind({key_to_blob(k): tuple(v.shape) for k, v in model.state_dict().items()})
+    assert (kind.kind, kind.family, kind.num_classes) == ("retinanet", "retinanet_R-50-FPN", 81)
+    assert cfg_for_file(kind, "x.pkl").RETINANET.RETINANET_ON
+    blobs = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res4_5_branch2a_w": np.zeros((256, 1024, 1, 1), np.float32),
+             "fpn_inner_res2_2_sum_lateral_w": np.zeros((256, 256, 1, 1), np.float32),
+             "cls_score_w": np.zeros((81, 1024), np.float32)}
+    path = tmp_path / "faster.pkl"
+    write_detectron_pkl(str(path), blobs, None)
+    with pytest.raises(WeightsMismatchError, match=r"the config builds a RetinaNet, R-50-FPN; use the config "
+                                                   r"12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml\. "):
+        load_detectron_weights(model, path, cfg)

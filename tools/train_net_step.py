@@ -32,6 +32,7 @@ from rcnn.engine.devices import DeviceError, init_processes, rank_and_world, shu
 from rcnn.engine.weights import load_checkpoint_weights, load_imagenet_backbone
 from rcnn.modeling import UnsupportedModelError, build_model
 from rcnn.modeling.init import init_heads
+from rcnn.modeling.retinanet import init_retinanet
 
 DATASET_ALIASES = {"coco2017": "coco_2017_train", "keypoints_coco2017": "keypoints_coco_2017_train"}
 DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron"
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
         roidb = roidb_from_cfg(cfg, args.data_root, datasets)
 
         model = build_model(cfg)
-        init_heads(model, cfg, cfg.RNG_SEED)
+        (init_retinanet if cfg.RETINANET.RETINANET_ON else init_heads)(model, cfg, cfg.RNG_SEED)
         if args.load_detectron:
             load_detectron_weights(model, args.load_detectron, cfg)
         elif args.load_ckpt:

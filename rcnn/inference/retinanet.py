@@ -59,7 +59,7 @@ class RetinaNetTestParams:
 
 
 def _level_candidates(probs: Tensor, deltas: Tensor, level: int, cell: np.ndarray, thresh: float,
-                      top_n: int, scales: Tensor, heights: Tensor, widths: Tensor,
+                      scales: Tensor, heights: Tensor, widths: Tensor,
                       params: RetinaNetTestParams) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(boxes, scores, classes, image) of one level's top-n candidates, in (image, raveled index) order."""
     num_images, channels, h, w = probs.shape
@@ -70,7 +70,7 @@ def _level_candidates(probs: Tensor, deltas: Tensor, level: int, cell: np.ndarra
     scores = flat[image, idx]
     order = sort_desc(scores)
     order = order[torch.sort(image[order], stable=True).indices]
-    order = torch.sort(order[_rank_in_runs(image[order]) < top_n]).values
+    order = torch.sort(order[_rank_in_runs(image[order]) < params.pre_nms_top_n]).values
     image, idx, scores = image[order], idx[order], scores[order]
 
     anchor = torch.div(idx, num_classes * h * w, rounding_mode="floor")
@@ -95,11 +95,11 @@ def retinanet_box_results(cls_probs: Sequence[Tensor], box_deltas: Sequence[Tens
     num_images = scales.shape[0]
     per_level = [
         _level_candidates(p, d, lvl, cell, params.inference_th if lvl < params.levels[-1] else 0.0,
-                          params.pre_nms_top_n, scales, heights, widths, params)
+                          scales, heights, widths, params)
         for lvl, cell, p, d in zip(params.levels, params.cell_anchors, cls_probs, box_deltas)
     ]
     boxes, scores, cls, image = (torch.cat(parts) for parts in zip(*per_level))
-    num_classes = int(cls.max()) + 1 if len(cls) else 1
+    num_classes = cls_probs[0].shape[1] // params.cell_anchors[0].shape[0] + 1
     group = image * num_classes + cls
     canonical = torch.sort(group, stable=True).indices     # (image, class, level, raveled index)
     boxes, scores, cls, image, group = (t[canonical] for t in (boxes, scores, cls, image, group))

@@ -19,14 +19,20 @@ Components (``rcnn.naming``): ``backbone``, ``fpn``, ``retinanet``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rcnn.data.train_batch import TrainBatch
 from rcnn.modeling.fpn import FPN
 from rcnn.modeling.generalized_rcnn import _FPN_BODY, _require
+from rcnn.modeling.init import gaussian_fill, xavier_fill
 from rcnn.modeling.resnet import ResNetBody
+from rcnn.modeling.retinanet_losses import retinanet_losses
+from rcnn.modeling.retinanet_targets import RetinaNetTargetParams, retinanet_targets
 
 HIGHEST_BACKBONE_LEVEL = 5
 
@@ -115,6 +121,14 @@ class RetinaNet(nn.Module):
         self.retinanet = RetinaNetHead(f.DIM, r.NUM_CONVS, self.num_anchors, cfg.MODEL.NUM_CLASSES,
                                        f.RPN_MIN_LEVEL, r.SHARE_CLS_BBOX_TOWER)
 
+    def forward(self, batch: TrainBatch, sampler: object = None) -> dict[str, Tensor]:
+        """Training: Detectron's RetinaNet losses of a ``TrainBatch`` (nothing is sampled, so
+        ``sampler``, part of the training loop's call, is unused)."""
+        logits, deltas = self.head_outputs(self.features(batch.blob))
+        targets = retinanet_targets([(x.shape[-2], x.shape[-1]) for x in logits], batch.im_info, batch.targets,
+                                    RetinaNetTargetParams.from_cfg(self.cfg))
+        return retinanet_losses(logits, deltas, targets, self.levels, self.cfg)
+
     def features(self, blob: Tensor) -> list[Tensor]:
         """FPN levels P``min``..P``max`` of a (B, 3, H, W) blob padded to ``FPN.COARSEST_STRIDE``."""
         return self.fpn(self.backbone(blob)[self.levels[0] - 2:])
@@ -122,3 +136,22 @@ class RetinaNet(nn.Module):
     def head_outputs(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: class logits (B, A * (K - 1), H, W) and deltas (B, 4A, H, W)."""
         return self.retinanet(feats)
+
+
+@torch.no_grad()
+def init_retinanet(model: RetinaNet, cfg, seed: int = 3) -> None:
+    """Detectron's fills for the layers trained from scratch: ``XavierFill`` for the FPN
+    convs (``fpn_6``/``fpn_7`` too), ``GaussianFill(0.01)`` for the towers and both
+    predictions, biases 0 except the class prediction's prior ``-log((1 - pi) / pi)``
+    with ``pi = RETINANET.PRIOR_PROB`` (``get_retinanet_bias_init``, sigmoid case)."""
+    gen = torch.Generator().manual_seed(seed)
+    head = model.retinanet
+    plan: list[tuple[nn.Conv2d, Callable[[Tensor, torch.Generator], None]]] = [
+        (m, xavier_fill) for m in model.fpn.children() if isinstance(m, nn.Conv2d)]
+    plan += [(getattr(head, n), gaussian_fill(0.01)) for n in head.cls_convs + head.bbox_convs]
+    plan += [(getattr(head, head.cls_pred), gaussian_fill(0.01)), (getattr(head, head.bbox_pred), gaussian_fill(0.01))]
+    for module, fill in plan:
+        fill(module.weight, gen)
+        module.bias.zero_()  # type: ignore[union-attr]
+    prior = cfg.RETINANET.PRIOR_PROB
+    getattr(head, head.cls_pred).bias.fill_(-math.log((1 - prior) / prior))
