@@ -153,20 +153,17 @@ def box_proposal_stats(gt: Sequence[GroundTruth], proposals: Sequence[np.ndarray
     return ProposalStats(tuple(values[k] for k in AR_NAMES))
 
 
-def evaluate_proposal_file(annotation_file: str | os.PathLike, image_dir: str | os.PathLike | None,
-                           proposal_file: str | os.PathLike, image_ids: Sequence[int] | None = None,
+def evaluate_proposal_file(dataset: Any, proposal_file: str | os.PathLike, image_ids: Sequence[int] | None = None,
                            class_specific: bool = False) -> ProposalStats:
-    """Score a Detectron proposal file against COCO ground truth (``evaluate_proposal_file``).
+    """Score a Detectron proposal file against a ``rcnn.data.datasets.COCODataset``
+    (``core/rpn_generator.py::evaluate_proposal_file``).
 
-    ``image_ids`` restricts the evaluation (default: every image of the annotation file, all of
-    which must have proposals). Bad files raise ``convert.errors.ConvertError`` /
-    ``rcnn.data.datasets.DatasetError`` with one-line messages.
+    ``image_ids`` restricts the evaluation (default: every image of the dataset, all of which
+    must have proposals). Bad files raise ``convert.errors.ConvertError`` with a one-line message.
     """
-    from rcnn.data.datasets import COCODataset
     from rcnn.data.proposal_file import proposals_for_images, read_proposal_file
     from rcnn.data.roidb import gt_entry
 
-    dataset = COCODataset(annotation_file, image_dir or os.path.dirname(os.fspath(annotation_file)))
     ids = list(dataset.image_ids if image_ids is None else image_ids)
     gt = [gt_entry(dataset, i) for i in ids]
     props = proposals_for_images(read_proposal_file(proposal_file), [(e.image_id, e.height, e.width) for e in gt],

@@ -57,7 +57,7 @@ def test_evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
     write_proposal_file(path, pf.boxes, pf.scores, pf.ids, "MODEL:\n  RPN_ONLY: true\n")
     again = read_proposal_file(path)
     assert again.ids == pf.ids and all(np.array_equal(a, b) for a, b in zip(again.boxes, pf.boxes))
-    stats = evaluate_proposal_file(mini.annotation_file, None, path)
+    stats = evaluate_proposal_file(mini, path)
     assert list(stats.stats) == [v for _, v in golden["eval"]["box_proposal"]]
 
 

@@ -143,14 +143,19 @@ def image_proposals(boxes: np.ndarray, height: int, width: int, min_size: float 
     return b.astype(np.float32)
 
 
+def boxes_by_image(proposals: ProposalFile, image_ids: Sequence[int], source: str) -> dict[int, np.ndarray]:
+    """The file's boxes of each image in ``image_ids``; every one must have an entry (Detectron
+    asserts it), entries of other images are ignored (``_remove_proposals_not_in_roidb``)."""
+    index = proposals.by_image_id(source)
+    absent = [image_id for image_id in image_ids if image_id not in index]
+    if absent:
+        raise ConvertError(f"{source} has no proposals for {len(absent)} of the {len(image_ids)} images "
+                           f"(first image id: {absent[0]}): a proposal file of another dataset?")
+    return {image_id: proposals.boxes[index[image_id]] for image_id in image_ids}
+
+
 def proposals_for_images(proposals: ProposalFile, images: Sequence[tuple[int, int, int]], source: str,
                          min_size: float = 2, limit: int = -1) -> dict[int, np.ndarray]:
-    """``{image id: image_proposals(...)}`` for ``(id, height, width)`` triples; every image
-    must have an entry in the file (Detectron asserts it), entries for other images are ignored."""
-    index = proposals.by_image_id(source)
-    absent = [image_id for image_id, _, _ in images if image_id not in index]
-    if absent:
-        raise ConvertError(f"{source} has no proposals for {len(absent)} of the {len(images)} images "
-                           f"(first image id: {absent[0]}): a proposal file of another dataset?")
-    return {image_id: image_proposals(proposals.boxes[index[image_id]], h, w, min_size, limit)
-            for image_id, h, w in images}
+    """``{image id: image_proposals(...)}`` for ``(id, height, width)`` triples (``boxes_by_image``)."""
+    boxes = boxes_by_image(proposals, [image_id for image_id, _, _ in images], source)
+    return {image_id: image_proposals(boxes[image_id], h, w, min_size, limit) for image_id, h, w in images}

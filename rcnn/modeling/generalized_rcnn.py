@@ -44,13 +44,14 @@ class GeneralizedRCNN(nn.Module):
         body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
         _require(body is not None and cfg.FPN.FPN_ON,
                  f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
-        _require(cfg.MODEL.TYPE == "generalized_rcnn" and cfg.MODEL.FASTER_RCNN,
-                 "only end-to-end generalized_rcnn with MODEL.FASTER_RCNN")
-        _require(cfg.FPN.MULTILEVEL_RPN and cfg.FPN.MULTILEVEL_ROIS, "FPN.MULTILEVEL_RPN/ROIS must be True")
+        _require(cfg.MODEL.TYPE == "generalized_rcnn", f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
+        # RPN-only models have no RoI heads; precomputed-proposal models (FASTER_RCNN False) no RPN.
+        _require((cfg.FPN.MULTILEVEL_RPN or not cfg.RPN.RPN_ON) and (cfg.FPN.MULTILEVEL_ROIS or cfg.MODEL.RPN_ONLY),
+                 "FPN.MULTILEVEL_RPN/ROIS must be True")
         _require(not cfg.FPN.EXTRA_CONV_LEVELS and not cfg.FPN.USE_GN, "FPN.EXTRA_CONV_LEVELS / FPN.USE_GN")
         _require(cfg.FPN.RPN_MAX_LEVEL == 6 and cfg.FPN.ROI_MAX_LEVEL == 5 and cfg.FPN.RPN_MIN_LEVEL == 2
                  and cfg.FPN.ROI_MIN_LEVEL == 2, "FPN levels other than RPN 2-6 / RoI 2-5")
-        _require(cfg.FAST_RCNN.ROI_BOX_HEAD.endswith("add_roi_2mlp_head"),
+        _require(cfg.MODEL.RPN_ONLY or cfg.FAST_RCNN.ROI_BOX_HEAD.endswith("add_roi_2mlp_head"),
                  f"FAST_RCNN.ROI_BOX_HEAD {cfg.FAST_RCNN.ROI_BOX_HEAD!r}")
         self.cfg = cfg
         self.backbone = ResNetBody(int(body.group(1)), cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
@@ -62,7 +63,10 @@ class GeneralizedRCNN(nn.Module):
         self.roi_levels = list(range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1))
         self.anchor_sizes = [cfg.FPN.RPN_ANCHOR_START_SIZE * 2 ** (lvl - cfg.FPN.RPN_MIN_LEVEL)
                              for lvl in self.rpn_levels]
-        self.rpn = RPNHead(dim, len(cfg.FPN.RPN_ASPECT_RATIOS), cfg.FPN.RPN_MIN_LEVEL)
+        if cfg.RPN.RPN_ON:
+            self.rpn = RPNHead(dim, len(cfg.FPN.RPN_ASPECT_RATIOS), cfg.FPN.RPN_MIN_LEVEL)
+        if cfg.MODEL.RPN_ONLY:
+            return
         self.box_head = BoxHead(dim, cfg.FAST_RCNN.ROI_XFORM_RESOLUTION, cfg.FAST_RCNN.MLP_HEAD_DIM,
                                 cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG)
         if cfg.MODEL.MASK_ON:
@@ -83,6 +87,7 @@ class GeneralizedRCNN(nn.Module):
     def forward(self, batch, sampler) -> dict[str, Tensor]:
         """Training: the losses of a ``TrainBatch`` (``rcnn.modeling.training``). Inference
         runs the stages below through ``rcnn.inference.detector.Detector``."""
+        _require(self.cfg.MODEL.FASTER_RCNN, "training other than end to end (MODEL.FASTER_RCNN)")
         return training_losses(self, batch, sampler)
 
     # -- stages ---------------------------------------------------------------
