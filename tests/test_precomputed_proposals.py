@@ -7,7 +7,7 @@ import torch
 
 from rcnn.config import load_cfg
 from rcnn.data.datasets import COCODataset
-from rcnn.data.preprocess import read_image
+from rcnn.data.preprocess import images_to_blob, read_image
 from rcnn.data.proposal_file import read_proposal_file
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector, rois_for_heads
@@ -81,7 +81,6 @@ def test_detector_box_path_on_golden_rois(fast_model, golden, shared_data, fixtu
 
     p = detector.prepare(im, pf.boxes[pf.ids.index(image_id)])
     assert np.array_equal(p.proposals, golden[f"boxes_{k}"]) and p.scale == float(golden[f"im_scale_{k}"])
-    from rcnn.data.preprocess import images_to_blob
     with torch.no_grad():
         feats = model.features(torch.from_numpy(images_to_blob([p.data])))
         index, inv = torch.from_numpy(golden[f"dedup_index_{k}"]), torch.from_numpy(golden[f"dedup_inv_index_{k}"])

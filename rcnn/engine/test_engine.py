@@ -116,11 +116,10 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
     todo = remaining[rank::world]
     if done and rank == 0:
         logger.info("resuming: %d images already done, %d to go", len(done), len(image_ids) - len(done))
-    bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
-               disable=not settings.progress or rank != 0, dynamic_ncols=True)
-
     proposals = (load_test_proposals(settings.proposal_file, todo) if detector.cfg.TEST.PRECOMPUTED_PROPOSALS
                  else {})
+    bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
+               disable=not settings.progress or rank != 0, dynamic_ncols=True)
 
     def load(image_id: int):
         return detector.prepare(read_image(dataset.image_path(image_id)), proposals.get(image_id))
