@@ -78,3 +78,14 @@ def test_missing_and_repeated_images_refused(mini, golden, tmp_path):
     pf.ids[1] = pf.ids[0]
     with pytest.raises(ConvertError, match="two proposal entries"):
         proposals_for_images(pf, [(pf.ids[0], 10, 10)], "x.pkl")
+
+
+def test_parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys):
+    from parity.__main__ import main
+
+    ann = shared_data / "coco-mini-val2017" / "instances_val2017.json"
+    out = tmp_path / "ar.json"
+    assert main(["eval", "--ann", str(ann), "--proposals", str(golden["pkl"]), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "AR@100  : 0.672"
+    assert json.loads(out.read_text())["stats"] == [v for _, v in golden["eval"]["box_proposal"]]
+    assert main(["eval", "--ann", str(ann)]) == 2 and "--proposals" in capsys.readouterr().err

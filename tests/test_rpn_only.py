@@ -13,8 +13,8 @@ from parity.metrics import load_metrics
 from parity.proposals import AR_NAMES, box_proposal_stats
 from rcnn.config import load_cfg
 from rcnn.data.datasets import COCODataset
-from rcnn.data.proposal_file import proposals_for_images, read_proposal_file
 from rcnn.data.preprocess import read_image
+from rcnn.data.proposal_file import proposals_for_images, read_proposal_file
 from rcnn.data.roidb import gt_entry
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector

@@ -20,7 +20,11 @@ from convert.detectron_cfg import dump_detectron_cfg
 from convert.errors import ConvertError
 from parity.proposals import ProposalStats, evaluate_proposal_file
 from rcnn.data.datasets import COCODataset
-from rcnn.data.proposal_file import boxes_by_image, read_proposal_file, write_proposal_file
+from rcnn.data.proposal_file import (
+    boxes_by_image,
+    read_proposal_file,
+    write_proposal_file,
+)
 from rcnn.inference.detector import ImageDetections
 
 logger = logging.getLogger(__name__)
