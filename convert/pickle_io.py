@@ -21,7 +21,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Collection, Iterator, Mapping
+from typing import IO, Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -259,6 +259,17 @@ class _Py2Pickler:
         else:
             self.f.write(pickle.BININT + struct.pack("<i", n))
 
+    def list_(self, items: Sequence[Any], write: Callable[[Any], None]) -> None:
+        """A list as Python 2 pickles it: EMPTY_LIST, then APPEND(S) in batches of 1000."""
+        self.f.write(pickle.EMPTY_LIST)
+        for start in range(0, len(items), _SETITEMS_BATCH):
+            batch = items[start:start + _SETITEMS_BATCH]
+            if len(batch) > 1:
+                self.f.write(pickle.MARK)
+            for item in batch:
+                write(item)
+            self.f.write(pickle.APPENDS if len(batch) > 1 else pickle.APPEND)
+
     def int_tuple(self, items: tuple[int, ...]) -> None:
         if not items:
             self.f.write(pickle.EMPTY_TUPLE)
@@ -354,3 +365,28 @@ def write_detectron_pkl(
             f.write(pickle.SETITEMS)
         f.write(pickle.STOP)
     logger.info("wrote %s (%d blobs)", os.fspath(path), len(checked))
+
+
+def write_proposals_pkl(path: str | os.PathLike[str], boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],
+                        ids: Sequence[int], cfg_yaml: str) -> None:
+    """Write a proposals file as Detectron's ``save_object(dict(boxes=, scores=, ids=, cfg=))``
+    does: lists of float32 arrays, a list of int ids and the cfg YAML; atomically."""
+    for name, arrays in (("boxes", boxes), ("scores", scores)):
+        for i, array in enumerate(arrays):
+            _checked_float32(f"{name}[{i}]", array)
+    bad = [i for i in ids if not -2**31 <= i < 2**31]
+    if bad:
+        raise ValueError(f"image id {bad[0]} does not fit a pickle BININT")
+    with atomic_write(path) as f:
+        writer = _Py2Pickler(f)
+        f.write(pickle.PROTO + bytes([2]) + pickle.EMPTY_DICT + pickle.MARK)
+        writer.text("boxes")
+        writer.list_(list(boxes), writer.ndarray)
+        writer.text("scores")
+        writer.list_(list(scores), writer.ndarray)
+        writer.text("ids")
+        writer.list_(list(ids), writer.int_)
+        writer.text("cfg")
+        writer.text(cfg_yaml)
+        f.write(pickle.SETITEMS + pickle.STOP)
+    logger.info("wrote %s (proposals of %d images)", os.fspath(path), len(ids))

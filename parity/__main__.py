@@ -20,11 +20,33 @@ from parity.reference import resolve_model
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.proposals:
+        return _eval_proposals(args)
+    if not args.dets or not args.type:
+        raise InputError("eval needs --dets and --type (or --proposals)")
     stats = evaluate(args.ann, args.dets, args.type, args.backend, progress=True)
     print(f"type={stats.iou_type} backend={args.backend}")
     print("\n".join(summary_lines(stats)))
     if args.out:
         atomic_write_json(args.out, stats.to_dict())
+    return 0
+
+
+def _eval_proposals(args: argparse.Namespace) -> int:
+    """Detectron's proposal recall of an ``rpn_proposals.pkl`` (``parity.proposals``)."""
+    from convert.errors import ConvertError
+    from parity.proposals import evaluate_proposal_file
+    from rcnn.data.datasets import COCODataset, DatasetError
+
+    try:
+        dataset = COCODataset(args.ann, Path(args.ann).parent)
+        stats = evaluate_proposal_file(dataset, args.proposals)
+    except (ConvertError, DatasetError) as e:
+        raise InputError(str(e)) from None
+    print("type=box_proposal")
+    print("\n".join(stats.lines()))
+    if args.out:
+        atomic_write_json(args.out, {"type": "box_proposal", **stats.to_dict()})
     return 0
 
 
@@ -174,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="COCOeval stats of a result file (pycocotools, default params)")
     p.add_argument("--ann", required=True, help="COCO ground-truth JSON")
-    p.add_argument("--dets", required=True, help="COCO result JSON (list of records)")
-    p.add_argument("--type", required=True, choices=IOU_TYPES)
+    p.add_argument("--dets", help="COCO result JSON (list of records); needs --type")
+    p.add_argument("--type", choices=IOU_TYPES)
+    p.add_argument("--proposals", help="instead: a Detectron rpn_proposals.pkl, scored with Detectron's "
+                                       "proposal recall (AR@100/1000 per area)")
     p.add_argument("--out", help='write {"type", "names", "stats"} JSON here')
     p.add_argument("--backend", choices=BACKENDS, default="pycocotools",
                    help="faster-coco-eval agrees with pycocotools to ~1e-16; pycocotools is the reference")

@@ -6,11 +6,13 @@ Schema (every key optional except that at least one of the three types is presen
       "bbox":      {"names": ["AP", "AP50", ..., "ARl"], "stats": [12 floats]},
       "segm":      {"names": [...12...], "stats": [12 floats]},
       "keypoints": {"names": ["AP", ..., "ARl"],  "stats": [10 floats]},
+      "box_proposal": {"names": ["AR@100", ..., "ARl@1000"], "stats": [8 floats or null]},
       "provenance": {...}
     }
 
 ``names`` must be exactly :data:`parity.evaluate.STAT_NAMES` for the type, ``stats`` are
-``COCOeval.stats`` at full float precision. ``provenance`` is free-form JSON; the parity
+``COCOeval.stats`` at full float precision; ``box_proposal`` (RPN-only models) holds Detectron's
+proposal recall (:mod:`parity.proposals`), ``null`` where a range has no object. ``provenance`` is free-form JSON; the parity
 tools read these keys of it:
 
 - ``label``: row name in comparison tables (default: the run's directory name);
@@ -28,6 +30,7 @@ from typing import Any
 
 from parity.evaluate import STAT_NAMES, Stats
 from parity.fileio import InputError, PathLike, atomic_write_json, load_json
+from parity.proposals import AR_NAMES, ProposalStats
 from parity.records import IOU_TYPES
 
 @dataclass
@@ -37,6 +40,7 @@ class Metrics:
     bbox: Stats | None = None
     segm: Stats | None = None
     keypoints: Stats | None = None
+    box_proposal: ProposalStats | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, Stats]:
@@ -47,6 +51,8 @@ class Metrics:
         out: dict[str, Any] = {
             t: {"names": list(s.names), "stats": list(s.stats)} for t, s in self.by_type().items()
         }
+        if self.box_proposal is not None:
+            out["box_proposal"] = self.box_proposal.to_dict()
         out["provenance"] = self.provenance
         return out
 
@@ -55,16 +61,18 @@ class Metrics:
         """Parse and check the schema above; raise :class:`InputError` naming the key."""
         if not isinstance(data, Mapping):
             raise InputError(f"{source}: metrics must be a JSON object")
-        unknown = set(data) - set(IOU_TYPES) - {"provenance"}
+        unknown = set(data) - set(IOU_TYPES) - {"box_proposal", "provenance"}
         if unknown:
-            raise InputError(f"{source}: unknown key(s) {sorted(unknown)} (expected bbox, segm, keypoints, provenance)")
+            raise InputError(f"{source}: unknown key(s) {sorted(unknown)} "
+                             "(expected bbox, segm, keypoints, box_proposal, provenance)")
         provenance = data.get("provenance", {})
         if not isinstance(provenance, Mapping):
             raise InputError(f"{source}: 'provenance' must be a JSON object")
         stats = {t: _parse_stats(data[t], t, source) for t in IOU_TYPES if t in data}
-        if not stats:
-            raise InputError(f"{source}: no bbox, segm or keypoints results")
-        return cls(provenance=dict(provenance), **stats)
+        proposal = _parse_proposal_stats(data["box_proposal"], source) if "box_proposal" in data else None
+        if not stats and proposal is None:
+            raise InputError(f"{source}: no bbox, segm or keypoints results (nor box_proposal)")
+        return cls(provenance=dict(provenance), box_proposal=proposal, **stats)
 
 
 def _parse_stats(entry: Any, iou_type: str, source: str) -> Stats:
@@ -80,6 +88,17 @@ def _parse_stats(entry: Any, iou_type: str, source: str) -> Stats:
     if len(values) != len(names):
         raise InputError(f"{where} has {len(values)} stats, expected {len(names)}")
     return Stats(iou_type, tuple(float(v) for v in values))
+
+
+def _parse_proposal_stats(entry: Any, source: str) -> ProposalStats:
+    where = f"{source}: 'box_proposal'"
+    if not isinstance(entry, Mapping) or list(entry.get("names", [])) != list(AR_NAMES):
+        raise InputError(f"{where} must be an object with 'names' {list(AR_NAMES)} and 'stats'")
+    values = entry.get("stats")
+    if not isinstance(values, list) or len(values) != len(AR_NAMES) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        raise InputError(f"{where} 'stats' must be {len(AR_NAMES)} numbers (or null)")
+    return ProposalStats(tuple(float("nan") if v is None else float(v) for v in values))
 
 
 def load_metrics(path: PathLike) -> Metrics:

@@ -222,3 +222,20 @@ def write_synthetic_detectron_pkl(cfg, image: np.ndarray, path: str, seed: int =
         unicode_keys = set()
     write_detectron_pkl(path, blobs, dump_detectron_cfg(cfg), unicode_keys=unicode_keys)
     return model
+
+
+def write_related_detectron_pkl(source_pkl: str, cfg, path: str) -> None:
+    """From an end-to-end synthetic ``.pkl``, the file of a model that shares its blobs: an
+    RPN-only model (body, FPN, RPN) or one on precomputed proposals (body, FPN, RoI heads).
+
+    Calibration needs RoIs from an RPN, so such models are derived from a calibrated
+    end-to-end file rather than calibrated themselves; the embedded cfg is ``cfg``'s.
+    """
+    from convert.detectron_cfg import dump_detectron_cfg
+    from convert.pickle_io import read_detectron_pkl, write_detectron_pkl
+    from rcnn.modeling import build_model
+    from rcnn.naming import key_to_blob
+
+    names = {key_to_blob(k) for k in build_model(cfg).state_dict()}
+    blobs = read_detectron_pkl(source_pkl).blobs
+    write_detectron_pkl(path, {b: a for b, a in blobs.items() if b in names}, dump_detectron_cfg(cfg))

@@ -23,6 +23,7 @@ from rcnn.config import ConfigError, load_cfg
 from rcnn.data.datasets import COCODataset, DatasetError, canonical_dataset_names
 from rcnn.engine.test_engine import TestSettings, reevaluate, run_test
 from rcnn.engine.devices import DeviceError, init_processes, shutdown_processes
+from rcnn.engine.proposal_runs import proposal_file_of
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector
 from rcnn.modeling import UnsupportedModelError
@@ -42,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--data_root", help="data root laid out like Detectron's (default: $DETECTRON_DATA_ROOT)")
     d.add_argument("--json", help="COCO-format annotation file")
     d.add_argument("--images", help="image folder of --json")
+    p.add_argument("--proposals", help="proposal file for models on precomputed proposals (default: TEST.PROPOSAL_FILES)")
     p.add_argument("--output_dir", help="default: outputs/test/<config name>")
     p.add_argument("--set", dest="opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
     p.add_argument("--limit", type=int, help="only the first N images by id")
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
         model_name = Path(args.cfg).stem
         out_dir = Path(args.output_dir or Path("outputs") / "test" / model_name)
         settings = TestSettings(name, out_dir, args.batch_size, args.limit, args.resume, args.backend)
+        if cfg.TEST.PRECOMPUTED_PROPOSALS and not args.eval_only:
+            settings.proposal_file = proposal_file_of(cfg, args.proposals)
         if args.eval_only:
             metrics = reevaluate(cfg, dataset, settings, model_name)
         else:
@@ -100,6 +104,8 @@ def main(argv=None) -> int:
         for iou_type, stats in metrics.by_type().items():
             print(f"{iou_type}:")
             print("\n".join(summary_lines(stats)))
+        if metrics.box_proposal is not None:
+            print("box_proposal:\n" + "\n".join(metrics.box_proposal.lines()))
         print(f"results and metrics.json in {out_dir}")
     return 0
 

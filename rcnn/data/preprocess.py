@@ -83,6 +83,7 @@ class PreparedImage:
     scale: float              # im_scale (Python float, as Detectron keeps it)
     orig_height: int
     orig_width: int
+    proposals: np.ndarray | None = None   # (R, 4) float32 precomputed proposals, original pixels
 
     @property
     def blob_shape(self) -> tuple[int, int]:

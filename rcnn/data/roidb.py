@@ -48,6 +48,7 @@ __all__ = [
     "extend_with_flipped_entries",
     "filter_for_training",
     "flip_entry",
+    "gt_entry",
     "gt_roidb",
     "keypoint_flip_permutation",
     "open_datasets",
@@ -105,6 +106,12 @@ def gt_roidb(dataset: COCODataset, gt_min_area: float = -1.0) -> list[RoidbEntry
     if missing:
         raise DatasetError(f"{dataset.annotation_file}: {len(missing)} image(s) not found, e.g. {missing[0]}")
     return entries
+
+
+def gt_entry(dataset: COCODataset, image_id: int, gt_min_area: float = -1.0) -> RoidbEntry:
+    """One image's ``gt_roidb`` entry, without checking that the image file exists
+    (proposal evaluation needs only the annotations)."""
+    return _gt_entry(dataset, image_id, gt_min_area)
 
 
 def _gt_entry(dataset: COCODataset, image_id: int, gt_min_area: float) -> RoidbEntry:

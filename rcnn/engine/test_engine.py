@@ -36,6 +36,7 @@ from rcnn.config import cfg_to_yaml
 from rcnn.data.datasets import COCODataset
 from rcnn.data.preprocess import read_image
 from rcnn.engine.devices import barrier, rank_and_world
+from rcnn.engine.proposal_runs import PROPOSALS_FILE, load_test_proposals, save_and_evaluate_proposals
 from rcnn.engine.weights import WeightsInfo
 from rcnn.inference.coco_results import coco_records
 from rcnn.inference.detector import Detector, ImageDetections
@@ -55,6 +56,7 @@ class TestSettings:
     resume: bool = False
     backend: str = "pycocotools"
     progress: bool = True
+    proposal_file: Path | None = None   # precomputed-proposal models (rcnn.engine.proposal_runs)
 
 
 # -- per-image result lines ------------------------------------------------------------------
@@ -114,11 +116,13 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
     todo = remaining[rank::world]
     if done and rank == 0:
         logger.info("resuming: %d images already done, %d to go", len(done), len(image_ids) - len(done))
+    proposals = (load_test_proposals(settings.proposal_file, todo) if detector.cfg.TEST.PRECOMPUTED_PROPOSALS
+                 else {})
     bar = tqdm(total=len(todo), desc=f"detect (rank {rank})" if world > 1 else "detect", unit="img",
                disable=not settings.progress or rank != 0, dynamic_ncols=True)
 
     def load(image_id: int):
-        return detector.prepare(read_image(dataset.image_path(image_id)))
+        return detector.prepare(read_image(dataset.image_path(image_id)), proposals.get(image_id))
 
     batches = [todo[s:s + settings.batch_size] for s in range(0, len(todo), settings.batch_size)]
     # Decoding and resizing the next batch, and pasting / decoding the previous one (OpenCV
@@ -186,13 +190,16 @@ def run_test(cfg, detector: Detector, dataset: COCODataset, weights: WeightsInfo
     missing = [i for i in image_ids if i not in results]
     if missing:
         raise RuntimeError(f"{len(missing)} images have no results (first: {missing[:5]})")
-    records = coco_records([(i, results[i]) for i in image_ids], dataset.contiguous_id_to_category_id,
-                           cfg.KRCNN.KEYPOINT_CONFIDENCE)
+    records = {} if cfg.MODEL.RPN_ONLY else coco_records([(i, results[i]) for i in image_ids],
+                                                         dataset.contiguous_id_to_category_id,
+                                                         cfg.KRCNN.KEYPOINT_CONFIDENCE)
     gt = dataset.coco if settings.limit is None else _gt_subset(dataset, image_ids)
     stats = {}
     for iou_type, recs in records.items():
         atomic_write_json(out_dir / RESULT_FILES[iou_type].format(settings.dataset_name), recs)
         stats[iou_type] = evaluate(gt, recs, iou_type, settings.backend, source=RESULT_FILES[iou_type])
+    if cfg.MODEL.RPN_ONLY:   # rpn_proposals.pkl and Detectron's proposal recall
+        stats["box_proposal"] = save_and_evaluate_proposals(cfg, dataset, [(i, results[i]) for i in image_ids], out_dir)
     metrics = Metrics(**stats, provenance=_provenance(cfg, weights, settings, model_name, len(image_ids),
                                                       processed, seconds, detector.device, world))
     save_metrics(metrics, out_dir / "metrics.json")
@@ -205,6 +212,8 @@ def reevaluate(cfg, dataset: COCODataset, settings: TestSettings, model_name: st
     image_ids = list(dataset.image_ids)
     if settings.limit is not None:
         image_ids = image_ids[: settings.limit]
+    if cfg.MODEL.RPN_ONLY:
+        return _reevaluate_proposals(cfg, dataset, settings, model_name, image_ids)
     gt = dataset.coco if settings.limit is None else _gt_subset(dataset, image_ids)
     types = ["bbox"] + ["segm"] * cfg.MODEL.MASK_ON + ["keypoints"] * cfg.MODEL.KEYPOINTS_ON
     paths = {t: out_dir / RESULT_FILES[t].format(settings.dataset_name) for t in types}
@@ -216,6 +225,23 @@ def reevaluate(cfg, dataset: COCODataset, settings: TestSettings, model_name: st
                   "versions": _versions(), "config": cfg_to_yaml(cfg)}
     metrics = Metrics(**stats, provenance=provenance)
     save_metrics(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+def _reevaluate_proposals(cfg, dataset: COCODataset, settings: TestSettings, model_name: str,
+                          image_ids: list[int]) -> Metrics:
+    """``--eval_only`` of an RPN-only run: score the ``rpn_proposals.pkl`` already written."""
+    from parity.proposals import evaluate_proposal_file
+
+    path = Path(settings.output_dir) / PROPOSALS_FILE
+    if not path.is_file():
+        raise InputError(f"no {PROPOSALS_FILE} to evaluate in {settings.output_dir}")
+    provenance = {"label": Path(settings.output_dir).name, "model": model_name, "dataset": settings.dataset_name,
+                  "images": len(image_ids), "evaluated": "existing proposal file", "versions": _versions(),
+                  "config": cfg_to_yaml(cfg)}
+    metrics = Metrics(box_proposal=evaluate_proposal_file(dataset, path, image_ids, cfg.TEST.CLASS_SPECIFIC_AR),
+                      provenance=provenance)
+    save_metrics(metrics, Path(settings.output_dir) / "metrics.json")
     return metrics
 
 

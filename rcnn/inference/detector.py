@@ -20,7 +20,9 @@ from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, pr
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
+from rcnn.inference.precomputed import batch_proposals, dedup_rois
 from rcnn.inference.retinanet import RetinaNetTestParams, retinanet_detections
+from rcnn.data.proposal_file import image_proposals
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
 from rcnn.ops import boxes as box_ops
@@ -92,11 +94,21 @@ class Detector:
         # im_list_to_blob pads to FPN.COARSEST_STRIDE only with FPN; C4 blobs are unpadded.
         self.blob_stride = cfg.FPN.COARSEST_STRIDE if cfg.FPN.FPN_ON else 1
 
-    def prepare(self, im: np.ndarray) -> PreparedImage:
-        return prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
+    def prepare(self, im: np.ndarray, proposals: np.ndarray | None = None) -> PreparedImage:
+        """``proposals``: the image's (N, 4) boxes from a proposal file, for models that need
+        them (``TEST.PRECOMPUTED_PROPOSALS``); kept as Detectron's roidb keeps them."""
+        p = prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
+        if self.cfg.TEST.PRECOMPUTED_PROPOSALS:
+            if proposals is None:
+                raise ValueError("this model runs on precomputed proposals (MODEL.FASTER_RCNN False): pass them")
+            p.proposals = image_proposals(proposals, im.shape[0], im.shape[1], limit=self.cfg.TEST.PROPOSAL_LIMIT)
+        return p
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
-        return self.run_prepared([self.prepare(im) for im in images])
+    def __call__(self, images: Sequence[np.ndarray],
+                 proposals: Sequence[np.ndarray] | None = None) -> list[ImageDetections]:
+        """Detections (RPN-only models: proposals, class 0) of BGR images."""
+        props = proposals if proposals is not None else [None] * len(images)
+        return self.run_prepared([self.prepare(im, p) for im, p in zip(images, props)])
 
     def run_prepared(self, prepared: Sequence[PreparedImage]) -> list[ImageDetections]:
         """Detections of prepared images, in their order (batched by blob size)."""
@@ -131,12 +143,22 @@ class Detector:
         im_info = torch.stack((torch.full_like(scales32, blob.shape[2]), torch.full_like(scales32, blob.shape[3]),
                                scales32), dim=1)
         feats = self.model.features(blob)
-        rois, _ = self.model.proposals(feats, im_info, self.proposal_params)
-        cls_logits, deltas = self.model.box_outputs(feats, rois)
+        if cfg.MODEL.RPN_ONLY:
+            return self._proposal_outputs(batch, *self.model.proposals(feats, im_info, self.proposal_params), scales32)
+        if cfg.TEST.PRECOMPUTED_PROPOSALS:   # rcnn.inference.precomputed
+            boxes, image_index = batch_proposals([p.proposals for p in batch], dev)
+            rois = rois_for_heads(boxes, image_index, [p.scale for p in batch])
+            first, inverse = dedup_rois(rois, cfg.DEDUP_BOXES)
+            cls_logits, deltas = (t[inverse] for t in self.model.box_outputs(feats, rois[first]))
+            boxes = boxes[first][inverse]
+        else:
+            rois, _ = self.model.proposals(feats, im_info, self.proposal_params)
+            cls_logits, deltas = self.model.box_outputs(feats, rois)
         scores = torch.softmax(cls_logits, dim=1)
 
         image_index = rois[:, 0].to(torch.int64)
-        boxes = rois[:, 1:5] / scales32[image_index, None]   # original-image coordinates
+        if not cfg.TEST.PRECOMPUTED_PROPOSALS:
+            boxes = rois[:, 1:5] / scales32[image_index, None]   # original-image coordinates
         num_classes = scores.shape[1]
         if cfg.TEST.BBOX_REG:
             if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
@@ -165,6 +187,17 @@ class Detector:
             if cfg.MODEL.KEYPOINTS_ON:
                 out.heatmaps = self.model.keypoint_logits(feats, head_rois).cpu().numpy()
         return out
+
+    @staticmethod
+    def _proposal_outputs(batch: Sequence[PreparedImage], rois: Tensor, probs: Tensor,
+                          scales32: Tensor) -> "DeviceOutputs":
+        """RPN-only models: the collected proposals in original-image coordinates (rois / im_scale,
+        ``core/rpn_generator.py::im_proposals``), class 0, in descending probability per image."""
+        image_index = rois[:, 0].to(torch.int64)
+        boxes = rois[:, 1:5] / scales32[image_index, None]
+        counts = torch.bincount(image_index, minlength=len(batch)).cpu().tolist()
+        return DeviceOutputs(list(batch), boxes.cpu().numpy(), probs.cpu().numpy(),
+                             np.zeros(len(probs), np.int64), np.concatenate(([0], np.cumsum(counts))).tolist())
 
     def _finish_batch(self, out: "DeviceOutputs") -> list[ImageDetections]:
         cfg = self.cfg

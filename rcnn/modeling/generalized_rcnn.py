@@ -52,9 +52,10 @@ def _check_fpn_body(cfg) -> int:
     body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
     _require(body is not None and cfg.FPN.FPN_ON,
              f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
-    _require(cfg.MODEL.TYPE in _GENERALIZED_RCNN_TYPES and cfg.MODEL.FASTER_RCNN,
-             "only end-to-end generalized_rcnn with MODEL.FASTER_RCNN")
-    _require(cfg.FPN.MULTILEVEL_RPN and cfg.FPN.MULTILEVEL_ROIS, "FPN.MULTILEVEL_RPN/ROIS must be True")
+    _require(cfg.MODEL.TYPE in _GENERALIZED_RCNN_TYPES, f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
+    # RPN-only models have no RoI heads; precomputed-proposal models (FASTER_RCNN False) no RPN.
+    _require((cfg.FPN.MULTILEVEL_RPN or not cfg.RPN.RPN_ON) and (cfg.FPN.MULTILEVEL_ROIS or cfg.MODEL.RPN_ONLY),
+             "FPN.MULTILEVEL_RPN/ROIS must be True")
     _require(not cfg.FPN.EXTRA_CONV_LEVELS, "FPN.EXTRA_CONV_LEVELS")
     _require(cfg.FPN.RPN_MAX_LEVEL == 6 and cfg.FPN.ROI_MAX_LEVEL == 5 and cfg.FPN.RPN_MIN_LEVEL == 2
              and cfg.FPN.ROI_MIN_LEVEL == 2, "FPN levels other than RPN 2-6 / RoI 2-5")
@@ -97,7 +98,10 @@ class GeneralizedRCNN(nn.Module):
         self.roi_levels = list(range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1))
         self.anchor_sizes = [cfg.FPN.RPN_ANCHOR_START_SIZE * 2 ** (lvl - cfg.FPN.RPN_MIN_LEVEL)
                              for lvl in self.rpn_levels]
-        self.rpn = RPNHead(dim, len(cfg.FPN.RPN_ASPECT_RATIOS), cfg.FPN.RPN_MIN_LEVEL)
+        if cfg.RPN.RPN_ON:
+            self.rpn = RPNHead(dim, len(cfg.FPN.RPN_ASPECT_RATIOS), cfg.FPN.RPN_MIN_LEVEL)
+        if cfg.MODEL.RPN_ONLY:
+            return
         self.box_head = _box_head(cfg, dim, gn)
         if cfg.MODEL.MASK_ON:
             _require(cfg.MRCNN.ROI_MASK_HEAD in _MASK_HEAD_CONVS, f"MRCNN.ROI_MASK_HEAD {cfg.MRCNN.ROI_MASK_HEAD!r}")
@@ -118,6 +122,7 @@ class GeneralizedRCNN(nn.Module):
     def forward(self, batch, sampler) -> dict[str, Tensor]:
         """Training: the losses of a ``TrainBatch`` (``rcnn.modeling.training``). Inference
         runs the stages below through ``rcnn.inference.detector.Detector``."""
+        _require(self.cfg.MODEL.FASTER_RCNN, "training other than end to end (MODEL.FASTER_RCNN)")
         return training_losses(self, batch, sampler)
 
     # -- stages ---------------------------------------------------------------
