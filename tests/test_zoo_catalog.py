@@ -181,3 +181,14 @@ def test_x152_baseline_follows_test_time_augmentation():
     assert plain.label == "Detectron (no test-time aug.)" and plain.published
     assert plain.values == {"bbox": (45.2,) + (None,) * 11, "segm": (39.7,) + (None,) * 11}
     assert baseline(zoo.get("e2e_mask_rcnn_R-50-FPN_2x"), False) == reference_row("e2e_mask_rcnn_R-50-FPN_2x")
+
+
+def test_catalog_ships_with_the_package():
+    import configparser
+
+    from .conftest import REPO_ROOT
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    assert setup["options.package_data"]["parity"].split() == [zoo.CATALOG_FILE.name]
+    assert zoo.CATALOG_FILE.parent == REPO_ROOT / "parity"
