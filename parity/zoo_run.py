@@ -112,18 +112,20 @@ def run(name: str, options: ZooRunOptions) -> tuple[compare.Comparison, str]:
                          f"classes but the model has {cfg.MODEL.NUM_CLASSES}")
     # torch and the model code only now, so that bad input is reported at once
     from convert.checkpoint import pkl_to_pt
-    from rcnn.engine.devices import DeviceError, init_processes, shutdown_processes
+    from rcnn.engine.devices import DeviceError, resolve_device
     from rcnn.engine.test_engine import TestSettings, run_test
     from rcnn.engine.weights import load_model
     from rcnn.inference.detector import Detector
     from rcnn.modeling import UnsupportedModelError, build_model
 
     try:
-        build_model(cfg)  # an unsupported family fails here, before any download
-        device = init_processes(options.device)
+        device = resolve_device(options.device)
         out_dir.mkdir(parents=True, exist_ok=True)
-        pkl = Path(options.weights) if options.weights else fetch_weights(model, options.mirror, options.timeout,
-                                                                           options.progress)
+        if options.weights:
+            pkl = Path(options.weights)
+        else:
+            build_model(cfg)  # an unsupported family fails here, before any download
+            pkl = fetch_weights(model, options.mirror, options.timeout, options.progress)
         pt = out_dir / "model_final.pt"
         report = pkl_to_pt(pkl, pt, cfg)
         logger.info("converted %s -> %s: %s", pkl, pt, report.summary())
@@ -132,9 +134,7 @@ def run(name: str, options: ZooRunOptions) -> tuple[compare.Comparison, str]:
         metrics = run_test(cfg, Detector(net, cfg, device, 1), dataset, weights, settings, model.name)
     except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, DeviceError) as e:
         raise InputError(f"{model.name}: {' '.join(str(e).split())}") from None
-    finally:
-        shutdown_processes()
-    assert metrics is not None
+    assert metrics is not None  # one process (several GPUs: tools/test_net.py under torchrun)
     run_row = compare.Row.from_metrics(out_dir.name, metrics)
     result = compare.compare([run_row], baseline(model, bool(cfg.TEST.BBOX_AUG.ENABLED)))
     tables = benchmark_md.comparison_tables(result.rows, result.iou_types)

@@ -181,3 +181,34 @@ def test_x152_baseline_follows_test_time_augmentation():
     assert plain.label == "Detectron (no test-time aug.)" and plain.published
     assert plain.values == {"bbox": (45.2,) + (None,) * 11, "segm": (39.7,) + (None,) * 11}
     assert baseline(zoo.get("e2e_mask_rcnn_R-50-FPN_2x"), False) == reference_row("e2e_mask_rcnn_R-50-FPN_2x")
+
+
+def test_catalog_ships_with_the_package():
+    import configparser
+
+    from .conftest import REPO_ROOT
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    assert setup["options.package_data"]["parity"].split() == [zoo.CATALOG_FILE.name]
+    assert zoo.CATALOG_FILE.parent == REPO_ROOT / "parity"
+
+
+def test_benchmark_md_run_of_another_zoo_model(tmp_path, capsys):
+    from parity.evaluate import Stats
+    from parity.metrics import Metrics, save_metrics
+
+    run = tmp_path / "r101"
+    run.mkdir()
+    stats = {t: Stats(t, (0.4,) * 12) for t in ("bbox", "segm")}
+    save_metrics(Metrics(provenance={"model": "e2e_mask_rcnn_R-101-FPN_1x", "weights_source": "zoo"}, **stats),
+                 run / "metrics.json")
+    bench = tmp_path / "BENCHMARK.md"
+    assert main(["benchmark-md", "--file", str(bench), "--add", str(run)]) == 0
+    text = bench.read_text()
+    section = text[text.index("## Other model-zoo models"):text.index("## Detectron model zoo")]
+    assert section.startswith("## Other model-zoo models\n\n### e2e_mask_rcnn_R-101-FPN_1x\n\nDetectron model id 35861795.")
+    assert section.count("<th bgcolor=white>r101</th>") == 2 and section.count("<th bgcolor=white>Detectron</th>") == 2
+    assert '<td align="right" bgcolor=white>40.0</td>\n<td align="right" bgcolor=white>-</td>' in section
+    assert main(["benchmark-md", "--file", str(bench), "--check"]) == 0
+    capsys.readouterr()
