@@ -83,6 +83,7 @@ class PreparedImage:
     scale: float              # im_scale (Python float, as Detectron keeps it)
     orig_height: int
     orig_width: int
+    source: np.ndarray | None = None   # the BGR image itself, kept for test-time augmentation
 
     @property
     def blob_shape(self) -> tuple[int, int]:

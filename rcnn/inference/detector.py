@@ -87,9 +87,17 @@ class Detector:
         self.batch_size = batch_size
         self.proposal_params = ProposalParams.from_cfg(cfg, train=False)
         self.pixel_means = np.array(cfg.PIXEL_MEANS, dtype=np.float64).reshape(1, 1, 3)
+        self.augmented = None
+        if cfg.TEST.BBOX_AUG.ENABLED or cfg.TEST.MASK_AUG.ENABLED or cfg.TEST.KPS_AUG.ENABLED:
+            # TEST.*_AUG (imported here: that module builds on this one)
+            from rcnn.inference.test_time_aug import Augmentation
+            self.augmented = Augmentation(self)
 
     def prepare(self, im: np.ndarray) -> PreparedImage:
-        return prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
+        p = prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
+        if self.augmented is not None:
+            p.source = im
+        return p
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
         return self.run_prepared([self.prepare(im) for im in images])
@@ -105,6 +113,8 @@ class Detector:
         ``finish`` does the host part; keeping them apart lets a caller overlap the host
         work of one batch with the next batch's forward pass (``rcnn.engine.test_engine``).
         """
+        if self.augmented is not None:  # TEST.*_AUG: one image at a time (rcnn.inference.test_time_aug)
+            return [([i], self.augmented(p)) for i, p in enumerate(prepared)]
         return [(idx, self._forward_batch([prepared[i] for i in idx])) for idx in _batches(prepared, self.batch_size)]
 
     def finish(self, count: int, outputs: list[tuple[list[int], "DeviceOutputs"]]) -> list[ImageDetections]:
