@@ -19,8 +19,14 @@ import torch
 from rcnn.config import load_cfg
 from rcnn.data.preprocess import read_image
 from rcnn.inference.detector import Detector
-from rcnn.inference.test_time_aug import (Augmentation, AugmentationError, View, box_views, combine_boxes,
-                                          head_views)
+from rcnn.inference.test_time_aug import (
+    Augmentation,
+    AugmentationError,
+    View,
+    box_views,
+    combine_boxes,
+    head_views,
+)
 from tests.conftest import REPO_ROOT
 from tests.golden import npz
 
