@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from rcnn.config import load_cfg
+from rcnn.data.datasets import COCO_KEYPOINT_NAMES
 from rcnn.data.preprocess import read_image
+from rcnn.data.roidb import keypoint_flip_permutation
 from rcnn.inference.detector import Detector
 from rcnn.inference.test_time_aug import (
     Augmentation,
@@ -25,6 +27,8 @@ from rcnn.inference.test_time_aug import (
     View,
     box_views,
     combine_boxes,
+    combine_heatmaps,
+    combine_masks,
     head_views,
 )
 from tests.conftest import REPO_ROOT
@@ -153,3 +157,56 @@ def test_refused_like_detectron(opts, msg):
     cfg = load_cfg(CONFIGS["mask"], ["MODEL.TYPE", "generalized_rcnn"] + opts)
     with pytest.raises(AugmentationError, match=msg):
         Augmentation(type("D", (), {"cfg": cfg})())
+
+
+def _aug_node(**kw):
+    node = {"ENABLED": True, "H_FLIP": True, "SCALES": (160, 256), "MAX_SIZE": 400, "SCALE_H_FLIP": True,
+            "ASPECT_RATIOS": (0.75, 1.5), "ASPECT_RATIO_H_FLIP": True}
+    node.update(kw)
+    return type("Aug", (), node)
+
+
+@pytest.mark.parametrize("score_heur,coord_heur", [("AVG", "AVG"), ("ID", "ID"), ("UNION", "UNION"), ("AVG", "ID"),
+                                                   ("ID", "AVG")])
+def test_box_merge_matches_im_detect_bbox_aug(score_heur, coord_heur):
+    """Detectron's im_detect_bbox_aug with im_detect_bbox returning recorded random outputs per view."""
+    g = npz("aug_merge")
+    key, width = f"bbox_{score_heur}_{coord_heur}", int(g["im_hw"][1])
+    views = box_views(_aug_node(), 200, 333)
+    assert [v.image(np.zeros((2, width, 3), np.uint8)).shape[1] for v in views] == list(g[f"{key}_call_widths"])
+    scores = [torch.from_numpy(g[f"{key}_call{i}_scores"]) for i in range(len(views))]
+    boxes = [v.from_view(torch.from_numpy(g[f"{key}_call{i}_boxes"]), width) for i, v in enumerate(views)]
+    s, b = combine_boxes(scores, boxes, score_heur, coord_heur)
+    assert s.numpy().tobytes() == g[f"{key}_scores"].tobytes()
+    assert b.numpy().tobytes() == g[f"{key}_boxes"].astype(np.float32).tobytes()
+
+
+def _head_inputs(g, key, width, name):
+    views = head_views(_aug_node(), 200, 333)
+    boxes = torch.from_numpy(g["head_boxes"])
+    outs = []
+    for i, v in enumerate(views):
+        # the boxes Detectron gave the head in this view are ours, bit for bit
+        assert v.to_view(boxes, width).numpy().tobytes() == g[f"{key}_call{i}_boxes"].tobytes(), (key, i)
+        outs.append(torch.from_numpy(g[f"{key}_call{i}_{name}"]))
+    return views, boxes, outs
+
+
+@pytest.mark.parametrize("heur", ["SOFT_AVG", "SOFT_MAX", "LOGIT_AVG"])
+def test_mask_merge_matches_im_detect_mask_aug(heur):
+    g = npz("aug_merge")
+    views, _, masks = _head_inputs(g, f"mask_{heur}", int(g["im_hw"][1]), "masks")
+    merged = combine_masks([m.flip(-1) if v.hflip else m for v, m in zip(views, masks)], heur)
+    assert merged.numpy().tobytes() == g[f"mask_{heur}_out"].tobytes()
+
+
+@pytest.mark.parametrize("heur,size_dep", [("HM_AVG", False), ("HM_AVG", True), ("HM_MAX", False), ("HM_MAX", True)])
+def test_heatmap_merge_matches_im_detect_keypoints_aug(heur, size_dep):
+    g = npz("aug_merge")
+    key = f"kps_{heur}_{size_dep}"
+    views, boxes, hms = _head_inputs(g, key, int(g["im_hw"][1]), "heatmaps")
+    perm = torch.from_numpy(keypoint_flip_permutation(COCO_KEYPOINT_NAMES))
+    hms = [h[:, perm].flip(-1) if v.hflip else h for v, h in zip(views, hms)]
+    merged = combine_heatmaps(hms, [v.scale < 200 for v in views], [v.scale > 200 for v in views], boxes, heur,
+                              size_dep, 20000)
+    assert merged.numpy().tobytes() == g[f"{key}_out"].tobytes()

@@ -172,7 +172,8 @@ def combine_masks(probs_ts: list[Tensor], heur: str) -> Tensor:
         return torch.stack(probs_ts).amax(dim=0)
     # LOGIT_AVG: -1.0 * log((1 - y) / max(y, 1e-20)), averaged, then 1 / (1 + exp(-x))
     tiny = torch.tensor(1e-20, dtype=probs_ts[0].dtype, device=probs_ts[0].device)
-    logits = [-box_ops.log((1.0 - y) / torch.maximum(y, tiny)) for y in probs_ts]
+    with np.errstate(divide="ignore"):                       # y == 1 gives -inf, as in Detectron
+        logits = [-box_ops.log((1.0 - y) / torch.maximum(y, tiny)) for y in probs_ts]
     return 1.0 / (1.0 + box_ops.exp(-numpy_mean(logits)))
 
 
