@@ -239,6 +239,8 @@ class Augmentation:
         """Detections of one image prepared by ``Detector.prepare`` (which keeps its source image)."""
         cfg, model, dev = self.det.cfg, self.det.model, self.det.device
         im, width = p.source, p.orig_width
+        if im is None:
+            raise AugmentationError("test-time augmentation needs the source image: prepare with Detector.prepare")
         scale, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
         with torch.no_grad():
             scores, pred, feats = self._boxes(p)          # identity: Detectron runs it last, same result
