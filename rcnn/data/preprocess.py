@@ -84,6 +84,7 @@ class PreparedImage:
     orig_height: int
     orig_width: int
     proposals: np.ndarray | None = None   # (R, 4) float32 precomputed proposals, original pixels
+    source: np.ndarray | None = None   # the BGR image itself, kept for test-time augmentation
 
     @property
     def blob_shape(self) -> tuple[int, int]:

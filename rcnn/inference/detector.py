@@ -93,6 +93,11 @@ class Detector:
         self.pixel_means = np.array(cfg.PIXEL_MEANS, dtype=np.float64).reshape(1, 1, 3)
         # im_list_to_blob pads to FPN.COARSEST_STRIDE only with FPN; C4 blobs are unpadded.
         self.blob_stride = cfg.FPN.COARSEST_STRIDE if cfg.FPN.FPN_ON else 1
+        self.augmented = None
+        if cfg.TEST.BBOX_AUG.ENABLED or cfg.TEST.MASK_AUG.ENABLED or cfg.TEST.KPS_AUG.ENABLED:
+            # TEST.*_AUG (imported here: that module builds on this one)
+            from rcnn.inference.test_time_aug import Augmentation
+            self.augmented = Augmentation(self)
 
     def prepare(self, im: np.ndarray, proposals: np.ndarray | None = None) -> PreparedImage:
         """``proposals``: the image's (N, 4) boxes from a proposal file, for models that need
@@ -102,6 +107,8 @@ class Detector:
             if proposals is None:
                 raise ValueError("this model runs on precomputed proposals (MODEL.FASTER_RCNN False): pass them")
             p.proposals = image_proposals(proposals, im.shape[0], im.shape[1], limit=self.cfg.TEST.PROPOSAL_LIMIT)
+        if self.augmented is not None:
+            p.source = im
         return p
 
     def __call__(self, images: Sequence[np.ndarray],
@@ -121,6 +128,8 @@ class Detector:
         ``finish`` does the host part; keeping them apart lets a caller overlap the host
         work of one batch with the next batch's forward pass (``rcnn.engine.test_engine``).
         """
+        if self.augmented is not None:  # TEST.*_AUG: one image at a time (rcnn.inference.test_time_aug)
+            return [([i], self.augmented(p)) for i, p in enumerate(prepared)]
         return [(idx, self._forward_batch([prepared[i] for i in idx]))
                 for idx in _batches(prepared, self.batch_size, self.blob_stride)]
 

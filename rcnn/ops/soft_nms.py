@@ -8,7 +8,8 @@ array itself, batched over groups (image x class) as a padded (G, M) layout:
   swapped into position ``i``;
 - every later box overlapping it (``iw > 0`` and ``ih > 0``) gets its score
   multiplied by the weight, all at once (the updates are independent);
-- boxes whose score fell below the threshold are removed the Cython way: the scan
+- overlapping boxes whose score fell below the threshold (boxes that do not overlap are
+  not tested) are removed the Cython way: the scan
   replaces a removed box by the current last one, so removed slots left of the new
   end get the surviving boxes from the right end, last first.
 
