@@ -29,6 +29,7 @@ from rcnn.data.loader import build_train_loader
 from rcnn.data.roidb import open_datasets, roidb_from_cfg
 from rcnn.engine.train_engine import TrainSettings, TrainingError, scaled_schedule, train
 from rcnn.engine.devices import DeviceError, init_processes, rank_and_world, shutdown_processes
+from rcnn.engine.torchvision_body import load_torchvision_backbone
 from rcnn.engine.weights import load_checkpoint_weights, load_imagenet_backbone
 from rcnn.modeling import UnsupportedModelError, build_model
 from rcnn.modeling.init import init_heads
@@ -52,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  "DOWNLOAD_CACHE when it is a URL)")
     init.add_argument("--load_detectron", help="start from a Detectron .pkl detector instead")
     init.add_argument("--load_ckpt", help="start from a checkpoint of this project instead")
+    init.add_argument("--torchvision_weights", help="ResNet body from a torchvision state dict (BN folded; "
+                                                    "needs --set RESNETS.STRIDE_1X1 False)")
     p.add_argument("--bs", type=int, help="total batch per iteration (default: the recipe's; linear scaling)")
     p.add_argument("--iter_size", type=int, help="minibatches accumulated per iteration (default: automatic)")
     p.add_argument("--nw", type=int, help="data loader workers per process (default: DATA_LOADER.NUM_THREADS)")
@@ -115,6 +118,8 @@ def main(argv=None) -> int:
             load_detectron_weights(model, args.load_detectron, cfg)
         elif args.load_ckpt:
             load_checkpoint_weights(model, cfg, args.load_ckpt)
+        elif args.torchvision_weights:
+            load_torchvision_backbone(model, cfg, args.torchvision_weights)
         else:
             load_imagenet_backbone(model, imagenet_weights_path(cfg, args.imagenet_weights))
 
@@ -133,7 +138,8 @@ def main(argv=None) -> int:
             return iter(build_train_loader(roidb, cfg, rank=rank, world_size=world, num_workers=args.nw,
                                            start_iter=consumed))
 
-        settings = TrainSettings(output_dir, iter_size, cfg.RNG_SEED, args.use_tfboard, not args.no_pkl)
+        settings = TrainSettings(output_dir, iter_size, cfg.RNG_SEED, args.use_tfboard, not args.no_pkl,
+                                 fresh_heads=not (args.load_detectron or args.load_ckpt))
         final = train(cfg, model, make_batches, device, settings)
     except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
             OSError) as e:

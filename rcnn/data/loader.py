@@ -29,12 +29,13 @@ import itertools
 import logging
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rcnn.config import CfgNode
-from rcnn.data.preprocess import PIXEL_MEANS, images_to_blob, prepare_image, read_image
+from rcnn.data.preprocess import PIXEL_MEANS, ImageReadError, images_to_blob, prepare_image, read_image
 from rcnn.data.roidb import RoidbEntry
 from rcnn.data.train_batch import TrainBatch
 
@@ -161,6 +162,7 @@ class TrainMinibatches(IterableDataset):
         self.pixel_means = np.asarray(pixel_means, dtype=np.float64)
         self.stride = stride
         self.start = start
+        self._unreadable: set[int] = set()
         self.schedule = MinibatchSchedule([e.width for e in self.roidb], [e.height for e in self.roidb],
                                           ims_per_batch, seed, aspect_grouping)
 
@@ -171,9 +173,30 @@ class TrainMinibatches(IterableDataset):
     def batch(self, i: int) -> TrainBatch:
         """This rank's ``i``-th minibatch."""
         k = self.global_index(i)
-        rng = np.random.RandomState(np.random.SeedSequence([self.seed, k]).generate_state(4))
-        entries = [self.roidb[j] for j in self.schedule.minibatch(k)]
-        return get_minibatch(entries, rng, self.scales, self.max_size, self.pixel_means, self.stride)
+        inds = [int(j) for j in self.schedule.minibatch(k)]
+        while True:
+            rng = np.random.RandomState(np.random.SeedSequence([self.seed, k]).generate_state(4))
+            entries = [self.roidb[j] for j in inds]
+            try:
+                return get_minibatch(entries, rng, self.scales, self.max_size, self.pixel_means, self.stride)
+            except ImageReadError as e:
+                # Passed the roidb's signature check but does not decode (e.g. a corrupt JPEG):
+                # Detectron would stop here; the run goes on with the next readable entry.
+                inds = self._replace_unreadable(inds)
+                logger.warning("minibatch %d: %s; using the next roidb entry instead (%d unreadable so far)",
+                               k, e, len(self._unreadable))
+
+    def _replace_unreadable(self, inds: list[int]) -> list[int]:
+        """Each index whose image does not decode replaced by the next decodable entry."""
+        out = []
+        for j in inds:
+            while j in self._unreadable or cv2.imread(str(self.roidb[j].image)) is None:
+                self._unreadable.add(j)
+                if len(self._unreadable) == len(self.roidb):
+                    raise ImageReadError("no image of the training set can be decoded")
+                j = (j + 1) % len(self.roidb)
+            out.append(j)
+        return out
 
     def __iter__(self) -> Iterator[TrainBatch]:
         info = get_worker_info()

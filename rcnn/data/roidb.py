@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
@@ -102,9 +103,20 @@ class RoidbEntry:
 def gt_roidb(dataset: COCODataset, gt_min_area: float = -1.0) -> list[RoidbEntry]:
     """``JsonDataset.get_roidb(gt=True)``: one entry per image, sorted by image id."""
     entries = [_gt_entry(dataset, image_id, gt_min_area) for image_id in dataset.image_ids]
-    missing = [e.image for e in entries if not e.image.is_file()]
-    if missing:
-        raise DatasetError(f"{dataset.annotation_file}: {len(missing)} image(s) not found, e.g. {missing[0]}")
+    dropped = len(dataset.coco.getAnnIds(imgIds=dataset.image_ids)) - sum(len(e.boxes) for e in entries)
+    if dropped:
+        logger.info("%s: %d annotation(s) dropped (area < GT_MIN_AREA, ignore, or a box of no area inside the "
+                    "image), as Detectron drops them", dataset.annotation_file.name, dropped)
+    unreadable = [e.image for e in entries if not _readable(e.image)]
+    if len(unreadable) == len(entries) and entries:
+        raise DatasetError(f"{dataset.annotation_file}: none of its {len(entries)} images can be read, "
+                           f"e.g. {unreadable[0]}")
+    if unreadable:
+        # Detectron would stop mid-run at the first of them (cv2.imread returns None).
+        logger.warning("%s: skipping %d image(s) that are missing or not images, e.g. %s",
+                       dataset.annotation_file.name, len(unreadable), unreadable[0])
+        bad = set(unreadable)
+        entries = [e for e in entries if e.image not in bad]
     return entries
 
 
@@ -112,6 +124,11 @@ def gt_entry(dataset: COCODataset, image_id: int, gt_min_area: float = -1.0) -> 
     """One image's ``gt_roidb`` entry, without checking that the image file exists
     (proposal evaluation needs only the annotations)."""
     return _gt_entry(dataset, image_id, gt_min_area)
+
+
+def _readable(path: Path) -> bool:
+    """The file exists and OpenCV recognises its signature (a cheap check: no decoding)."""
+    return path.is_file() and cv2.haveImageReader(str(path))
 
 
 def _gt_entry(dataset: COCODataset, image_id: int, gt_min_area: float) -> RoidbEntry:

@@ -28,7 +28,8 @@ from rcnn.engine.devices import rank_and_world
 from rcnn.engine.solver import build_optimizer, lr_at_iter
 from rcnn.engine.train_checkpoint import (checkpoint_period, export_detectron_pkl, final_path,
                                           find_resume_checkpoint, is_snapshot_iter, load_training_checkpoint,
-                                          save_final, save_snapshot)
+                                          save_final, save_snapshot, snapshot_path)
+from rcnn.engine.train_health import nonfinite_message, parameters_finite, start_warning
 from rcnn.engine.training_stats import TrainingStats, mean_over_ranks, open_tb_writer
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.rpn_targets import RandomSampler
@@ -48,6 +49,8 @@ class TrainSettings:
     seed: int = 3
     use_tfboard: bool = False
     export_pkl: bool = True
+    fresh_heads: bool = False      # heads from init_heads: warn when loss_cls starts far above log(K)
+    progress: Callable[[int], None] | None = None   # called with each finished iteration
 
 
 def scaled_schedule(cfg, batch: int) -> list[str]:
@@ -81,7 +84,9 @@ def train(cfg, model: GeneralizedRCNN, make_batches: Callable[[int], Iterator[Tr
         return final_path(output_dir)
     resume = find_resume_checkpoint(output_dir) if cfg.TRAIN.AUTO_RESUME else None
     start_iter = 0
+    last_good = None
     if resume is not None:
+        last_good = resume.path
         load_training_checkpoint(resume.path, model, optimizer)
         start_iter = resume.start_iter
         logger.info("resuming from %s at iteration %d", resume.path, start_iter)
@@ -117,10 +122,21 @@ def train(cfg, model: GeneralizedRCNN, make_batches: Callable[[int], Iterator[Tr
         stats.update_iter_stats({k: v for k, v in averaged.items() if k not in METRICS},
                                 {k: v for k, v in averaged.items() if k in METRICS})
         stats.log_iter_stats(cur_iter, lr)
-        if math.isnan(stats.iter_total_loss):
-            raise TrainingError(f"loss is NaN at iteration {cur_iter}")
-        if rank == 0 and is_snapshot_iter(cfg, cur_iter, start_iter):
-            save_snapshot(output_dir, model, optimizer, cfg, cur_iter)
+        losses = {k: float(v) for k, v in averaged.items() if k not in METRICS}
+        if cur_iter == 0 and settings.fresh_heads and (warning := start_warning(losses, cfg.MODEL.NUM_CLASSES,
+                                                                                 cfg.SOLVER.BASE_LR)):
+            logger.warning(warning)
+        if not math.isfinite(stats.iter_total_loss):
+            raise TrainingError(nonfinite_message(cur_iter, losses, last_good, cfg.SOLVER.BASE_LR))
+        if is_snapshot_iter(cfg, cur_iter, start_iter):
+            if not parameters_finite(model):
+                raise TrainingError(nonfinite_message(cur_iter, {"weights": math.nan}, last_good, cfg.SOLVER.BASE_LR,
+                                                      what="weights"))
+            if rank == 0:
+                save_snapshot(output_dir, model, optimizer, cfg, cur_iter)
+            last_good = snapshot_path(output_dir, cur_iter)
+        if settings.progress is not None:
+            settings.progress(cur_iter)
     final = final_path(output_dir)
     if rank == 0:
         save_final(output_dir, model, optimizer, cfg)

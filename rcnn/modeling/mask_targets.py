@@ -3,9 +3,9 @@
 Each foreground RoI gets the polygon mask of the non-crowd ground truth whose *tight
 polygon box* overlaps it most (not the GT its box label came from), rasterised by
 pycocotools into an ``M x M`` grid laid over the RoI. Crowd regions (RLE) are never
-read. Rasterisation is inherently per RoI and runs on the host with float32
-arithmetic in Detectron's order, so the polygons pycocotools sees are the same
-floats and the masks are identical.
+read. Rasterisation runs on the host with float32 arithmetic in Detectron's order
+(broadcast over the RoIs that share a polygon, one pycocotools call per image), so the
+polygons pycocotools sees are the same floats and the masks are identical.
 """
 from __future__ import annotations
 
@@ -85,8 +85,41 @@ def image_mask_targets(fg_boxes: Tensor, segms: Sequence, is_crowd: Tensor, reso
     if n == 0 or not polys:
         return out
     boxes = fg_boxes.detach().cpu()
-    best = pairwise_iou(boxes, torch.from_numpy(polys_to_boxes(polys))).argmax(dim=1).tolist()
-    boxes_np = boxes.numpy()
-    for i, k in enumerate(best):
-        out[i] = torch.from_numpy(polys_to_mask_wrt_box(polys[k], boxes_np[i], resolution).astype(np.int32))
+    best = pairwise_iou(boxes, torch.from_numpy(polys_to_boxes(polys))).argmax(dim=1).numpy()
+    masks = rasterize_in_boxes(polys, best, boxes.numpy(), resolution)
+    return torch.from_numpy(masks.astype(np.int32))
+
+
+def rasterize_in_boxes(polys: Sequence[Sequence[Sequence[float]]], owner: np.ndarray, boxes: np.ndarray,
+                       resolution: int) -> np.ndarray:
+    """(N, R, R) uint8: ``polys_to_mask_wrt_box(polys[owner[i]], boxes[i], R)`` for every row i.
+
+    The same float32 arithmetic, broadcast over all rows sharing a polygon, then one
+    pycocotools call for all the polygons of all rows (instead of one per row).
+    """
+    n = len(owner)
+    one, m = np.float32(1), np.float32(resolution)
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    w = np.maximum(boxes[:, 2] - x1, one)
+    h = np.maximum(boxes[:, 3] - y1, one)
+    norm: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for k in np.unique(owner):
+        rows = np.flatnonzero(owner == k)
+        for poly in polys[k]:
+            p = np.array(poly, dtype=np.float32)
+            xy = np.empty((len(rows), p.shape[0]), np.float32)
+            xy[:, 0::2] = (p[None, 0::2] - x1[rows, None]) * m / w[rows, None]
+            xy[:, 1::2] = (p[None, 1::2] - y1[rows, None]) * m / h[rows, None]
+            for r, row in zip(rows, xy):
+                norm[r].append(row)
+    counts = np.array([len(x) for x in norm])
+    flat = [p for x in norm for p in x]
+    out = np.zeros((n, resolution, resolution), np.uint8)
+    if not flat:
+        return out
+    decoded = mask_util.decode(mask_util.frPyObjects(flat, resolution, resolution))   # (R, R, P)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    has = counts > 0
+    summed = np.add.reduceat(decoded.astype(np.int32), starts[has], axis=2)
+    out[has] = (summed > 0).transpose(2, 0, 1)
     return out
