@@ -103,8 +103,8 @@ class ResNetC4RCNN(nn.Module):
         body = _C4_BODY.match(cfg.MODEL.CONV_BODY)
         _require(body is not None, f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} is not a C4 body")
         _require(not cfg.FPN.FPN_ON, "a conv4 body with FPN.FPN_ON")
-        _require(cfg.MODEL.TYPE in ("generalized_rcnn", "rpn") and (cfg.MODEL.FASTER_RCNN or cfg.MODEL.RPN_ONLY),
-                 "C4 models are end-to-end generalized_rcnn (MODEL.FASTER_RCNN) or MODEL.RPN_ONLY")
+        # End to end (MODEL.FASTER_RCNN), RPN only, or Fast R-CNN on precomputed proposals (no RPN).
+        _require(cfg.MODEL.TYPE in ("generalized_rcnn", "rpn"), f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
         _require(not cfg.MODEL.KEYPOINTS_ON, "C4 keypoint models")
         self.cfg = cfg
         r = cfg.RESNETS
@@ -112,7 +112,8 @@ class ResNetC4RCNN(nn.Module):
                                         cfg.TRAIN.FREEZE_AT)
         dim = self.backbone.out_channels[-1]
         self.anchor_sizes = [tuple(cfg.RPN.SIZES)]
-        self.rpn = RPNHead(dim, len(cfg.RPN.SIZES) * len(cfg.RPN.ASPECT_RATIOS), None)
+        if cfg.RPN.RPN_ON:
+            self.rpn = RPNHead(dim, len(cfg.RPN.SIZES) * len(cfg.RPN.ASPECT_RATIOS), None)
         if cfg.MODEL.RPN_ONLY:
             return
         f = cfg.FAST_RCNN
