@@ -60,3 +60,12 @@ def test_bad_inputs_exit_2(synthetic_pkls, tmp_path):
         assert proc.returncode == 2
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, last
+
+
+def test_precomputed_proposal_config_is_a_one_line_error(tmp_path):
+    cfg = REPO_ROOT / "configs" / "12_2017_baselines" / "fast_rcnn_R-50-FPN_1x.yaml"
+    proc = _run(["--cfg", str(cfg), "--load_detectron", str(tmp_path / "none.pkl"), "--images", "x.jpg",
+                 "--output_dir", str(tmp_path)])
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "precomputed proposals" in last and "--proposals" in last, last

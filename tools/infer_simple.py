@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_cfg(args.cfg, args.opts)
+        if cfg.TEST.PRECOMPUTED_PROPOSALS:
+            raise UnsupportedModelError(f"{args.cfg} runs on precomputed proposals (MODEL.FASTER_RCNN False): "
+                                        "use tools/test_net.py --proposals FILE")
         names, cats = class_names(args, cfg.MODEL.NUM_CLASSES)
         if args.image_dir:
             folder = Path(args.image_dir)
