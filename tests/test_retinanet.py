@@ -18,7 +18,7 @@ GOLDEN_OPTS = ["MODEL.NUM_CLASSES", "9", "TEST.SCALE", "256"]
 
 @pytest.mark.parametrize("body,count,values", [("R-50-FPN", 195, 37_968_692), ("R-101-FPN", 348, 56_960_820)])
 def test_blobs_equal_detectrons_builders(body, count, values):
-    """Names, shapes and order of the parameters Detectron's add_fpn + add_fpn_retinanet_outputs create."""
+    """Names and shapes of the parameters Detectron's add_fpn + add_fpn_retinanet_outputs create."""
     ref = json.loads((GOLDEN / "retinanet_blobs.json").read_text())[f"retinanet_{body}_1x"]
     sd = build_model(load_cfg(CONFIG.format(body))).state_dict()
     ours = {key_to_blob(k): list(v.shape) for k, v in sd.items()}
