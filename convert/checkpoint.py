@@ -1,7 +1,7 @@
 """Detectron blobs <-> our models and checkpoints, strictly and safely.
 
 Why this exists: loading Detectron weights must fail loudly and usefully when the file does
-not fit the model (Detectron itself silently keeps random weights for missing blobs, §1.2),
+not fit the model (Detectron itself silently keeps random weights for missing blobs, docs/detectron.md §1.2),
 and our own checkpoints must never need code execution to load.
 
 * ``load_detectron_weights`` maps blob names to state-dict keys with ``rcnn.naming`` and is
@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "detectron-parity/checkpoint"
 FORMAT_VERSION = 1
 
-_FIXED_BLOBS = ("kps_score_w", "kps_score_b")  # Detectron's fixed bilinear upsampling (§2.6)
+_FIXED_BLOBS = ("kps_score_w", "kps_score_b")  # Detectron's fixed bilinear upsampling, docs/detectron.md §2.6)
 _LIST_LIMIT = 20  # names per category in a one-line message; the report has them all
 
 
@@ -336,7 +336,7 @@ def pt_to_pkl(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, style
 # What real Detectron files carry besides the parameters (for writing realistic files)
 # ---------------------------------------------------------------------------------------------
 def momentum_blob_names(model: nn.Module) -> list[str]:
-    """``<param>_momentum`` for the parameters Detectron trained (it saved momentum for those, §1.4)."""
+    """``<param>_momentum`` for the parameters Detectron trained (it saved momentum for those, docs/detectron.md §1.4)."""
     return [key_to_blob(name) + "_momentum" for name, p in model.named_parameters() if p.requires_grad]
 
 

@@ -1,7 +1,7 @@
 """The config YAML embedded in Detectron weights files: read it safely, write it like Detectron.
 
 Why this exists: Detectron stored ``yaml.dump(cfg)`` of its ``AttrDict`` config, which PyYAML
-writes with Python tags (reference §1.3, §1.6): ``!!python/object/new:...AttrDict`` with a
+writes with Python tags (docs/detectron.md §1.3, §1.6): ``!!python/object/new:...AttrDict`` with a
 ``dictitems`` (and, from 2018 on, a ``state``) block, ``!!python/tuple``,
 ``!!python/unicode``, NumPy scalars and arrays as ``!!python/object/apply:`` calls with
 ``!!binary`` data and a shared dtype anchor. ``yaml.safe_load`` refuses those tags and

@@ -2,7 +2,7 @@
 
 Why this exists: the commonest failure with Detectron weights is a file of the wrong family
 (ImageNet backbone given as a detector, keypoint weights with a box config, C4 weights with an
-FPN config, peers.md §1.6 item 3). Naming what the file is, and which Detectron config family
+FPN config, docs/detectron.md §1.7). Naming what the file is, and which Detectron config family
 it needs, turns that bare ``KeyError`` into an actionable message.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ _CONFIG_NAME = re.compile(r"^(?P<family>.+?)(-IN5k)?_(?P<schedule>s?\d+(\.\d+)?x
 _RES4_BLOCK = re.compile(r"^res4_(\d+)_")
 _DEPTH_BY_RES4_BLOCKS = {6: 50, 23: 101, 36: 152}
 _CONV_BODY = re.compile(r"ResNet(\d+)_conv\d_body$")
-# Unused blobs that Detectron checkpoints inherit from the ImageNet init (reference §1.2, §1.5):
+# Unused blobs that Detectron checkpoints inherit from the ImageNet init (docs/detectron.md §1.2, §1.5):
 # a (zero) bias beside every ResNet conv weight, and the classifier.
 _RESNET_CONV = r"(conv1|res\d+_\d+_branch(1|2[abc]))"
 RESNET_CONV_WEIGHT = re.compile(f"^{_RESNET_CONV}_w$")

@@ -8,7 +8,7 @@ array / dtype / scalar pickles need (under both the NumPy 1.x ``numpy.core`` and
 
 Writing goes the other way: Detectron (Python 2, NumPy 1.x) must be able to load what we
 write, so ``write_detectron_pkl`` emits the protocol-2 opcodes itself, the way Python 2's
-``cPickle`` and NumPy 1.x's ``ndarray.__reduce__`` do (reference §1.1, §1.6): Python 2 ``str``
+``cPickle`` and NumPy 1.x's ``ndarray.__reduce__`` do (docs/detectron.md §1.1, §1.6): Python 2 ``str``
 for keys and the cfg, ``numpy.core.multiarray._reconstruct`` + ``BUILD`` for every float32
 C-contiguous array, ``cfg`` before ``blobs``. The result also loads in Python 3 with
 ``pickle.load(f, encoding='latin1')`` and with ``read_detectron_pkl``.

@@ -2,7 +2,7 @@
 
 Plain random weights are useless for checking a detection pipeline: the residual
 stream grows block after block, RPN sigmoids saturate to exactly 1.0 (hundreds
-of ties) and no class passes the score threshold (reference §4.14). Here every
+of ties) and no class passes the score threshold (docs/detectron.md §4.14). Here every
 layer is calibrated, in network order, on the activations of a real image:
 AffineChannels and GroupNorms normalise their conv's output (like a BN fitted to that image),
 other layers are rescaled to a target output mean/std per channel, and
@@ -182,7 +182,7 @@ def synthetic_detectron_blobs(model: GeneralizedRCNN, seed: int = 0) -> tuple[di
 
     Parameters as Python-2 ``str`` keys; ``<param>_momentum`` for the trained parameters
     and the 55 preserved ImageNet blobs (zero conv biases, ``fc1000_*``) as ``unicode``
-    keys, as Detectron wrote them (reference §1.4, §1.6). Returns (blobs, unicode keys).
+    keys, as Detectron wrote them (docs/detectron.md §1.4, §1.6). Returns (blobs, unicode keys).
     """
     from convert.checkpoint import momentum_blob_names, preserved_imagenet_shapes
     from rcnn.naming import key_to_blob

@@ -23,7 +23,7 @@ def test_anchors_match_generate_anchors(level):
 
 
 def test_reference_anchor_table():
-    # Reference §4.3: P2 ratio 0.5 -> [-22, -10, 25, 13]; P6 ratio 2 -> [-148, -328, 211, 391].
+    # docs/detectron.md §4.3: P2 ratio 0.5 -> [-22, -10, 25, 13]; P6 ratio 2 -> [-148, -328, 211, 391].
     np.testing.assert_array_equal(cell_anchors(4, (32,), (0.5, 1, 2))[0], [-22, -10, 25, 13])
     np.testing.assert_array_equal(cell_anchors(64, (512,), (0.5, 1, 2))[2], [-148, -328, 211, 391])
 

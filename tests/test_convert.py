@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "12_2017_baselines"
 PYTHON = sys.executable
 FAMILIES = ("faster", "mask", "keypoint")
-COUNTS = {"faster": (189, 72), "mask": (201, 84), "keypoint": (209, 90)}  # params, momentum (§1.4)
+COUNTS = {"faster": (189, 72), "mask": (201, 84), "keypoint": (209, 90)}  # params, momentum (docs/detectron.md §1.4)
 DESCRIBE = {"faster": "Faster R-CNN detector, R-50-FPN, 81 classes",
             "mask": "Mask R-CNN detector, R-50-FPN, 81 classes",
             "keypoint": "Keypoint R-CNN detector, R-50-FPN, 2 classes, 17 keypoints"}

@@ -1,4 +1,4 @@
-"""Training initialisation: Caffe2 fills (reference §5.6) and the ImageNet body."""
+"""Training initialisation: Caffe2 fills (docs/detectron.md §5.6) and the ImageNet body."""
 import math
 
 import numpy as np

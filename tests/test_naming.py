@@ -1,4 +1,4 @@
-"""The key <-> blob rule covers exactly Detectron's parameter blobs (reference §2)."""
+"""The key <-> blob rule covers exactly Detectron's parameter blobs (docs/detectron.md §2)."""
 import pytest
 
 from rcnn.config import load_cfg
@@ -9,7 +9,7 @@ CONFIGS = "configs/12_2017_baselines/e2e_{}_rcnn_R-50-FPN_1x.yaml"
 
 
 def _reference_blobs(kind: str) -> dict[str, tuple]:
-    """Detectron's parameter blobs and shapes, written out from reference §2.1-2.6."""
+    """Detectron's parameter blobs and shapes, written out from docs/detectron.md §2.1-2.6."""
     b = {"conv1_w": (64, 3, 7, 7), "res_conv1_bn_s": (64,), "res_conv1_bn_b": (64,)}
     dim_in = 64
     for stage, blocks, inner in ((2, 3, 64), (3, 4, 128), (4, 6, 256), (5, 3, 512)):

@@ -1,5 +1,5 @@
 """Training end to end on CPU: the loss goes down, resuming is bit-identical, and two
-processes equal one process accumulating two minibatches (reference §5.1)."""
+processes equal one process accumulating two minibatches (docs/detectron.md §5.1)."""
 import json
 import os
 import shutil

@@ -3,7 +3,7 @@
 Why: Detectron's 1x recipe sees images in a particular order (``roi_data/loader.py``: every
 epoch a fresh permutation, aspect-grouped into pairs) at randomly drawn scales
 (``roi_data/minibatch.py::_get_image_blob``); reproducing both, from explicit seeds, makes a
-run repeatable and comparable with Detectron's NumPy code (reference §5.2).
+run repeatable and comparable with Detectron's NumPy code (docs/detectron.md §5.2).
 
 * Order: ``shuffle_roidb_inds`` is ``_shuffle_roidb_inds`` with a ``RandomState`` in place of
   the global ``numpy.random`` (``RandomState(3)`` = Detectron's ``np.random.seed(cfg.RNG_SEED)``

@@ -3,7 +3,7 @@
 ``cv2.imread`` (BGR, EXIF-rotated like OpenCV >= 3.2), mean subtraction in
 float64 stored as float32, ``cv2.resize(fx=fy=scale, INTER_LINEAR)`` of the
 *mean-subtracted float* image, then zero padding to a multiple of 32. PyTorch's
-``interpolate`` maps pixels differently, hence OpenCV (reference §4.1).
+``interpolate`` maps pixels differently, hence OpenCV (docs/detectron.md §4.1).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def images_to_blob(ims: Sequence[np.ndarray], stride: int = 32) -> np.ndarray:
     """Stack prepared images into a zero-padded NCHW float32 blob (``im_list_to_blob``).
 
     The result is C-contiguous NCHW: a channels-last layout makes PyTorch pick
-    other conv kernels and moves features in the last bits (reference §4.14).
+    other conv kernels and moves features in the last bits (docs/detectron.md §4.14).
     """
     max_h = max(im.shape[0] for im in ims)
     max_w = max(im.shape[1] for im in ims)

@@ -3,7 +3,7 @@
 Why: which boxes, polygons and keypoints a model is trained on, in which float32 values, and
 which images take part at all decide what Detectron's 1x recipe learns; they follow
 ``datasets/json_dataset.py::JsonDataset.get_roidb(gt=True)`` and ``datasets/roidb.py``
-(``extend_with_flipped_entries``, ``filter_for_training``) rule for rule (reference §5.2, §4.11):
+(``extend_with_flipped_entries``, ``filter_for_training``) rule for rule (docs/detectron.md §5.2, §4.11):
 
 * an annotation is dropped when ``area < TRAIN.GT_MIN_AREA``, when ``ignore == 1``, or when its
   box ``[x, y, x + max(0, w-1), y + max(0, h-1)]`` clipped to ``[0, W-1] x [0, H-1]`` (float64,

@@ -2,7 +2,7 @@
 
 Ground truth stays in *original-image* coordinates, as in Detectron's roidb: the RPN
 targets scale it by ``im_scale`` themselves, while RoI sampling, mask and keypoint
-targets work in original coordinates and scale the sampled RoIs (reference §5.2-5.5).
+targets work in original coordinates and scale the sampled RoIs (docs/detectron.md §5.2-5.5).
 """
 from __future__ import annotations
 

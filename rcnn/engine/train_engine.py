@@ -5,7 +5,7 @@ the ``world_size`` processes, losses divided by ``iter_size``, gradients average
 processes (DDP), then one Caffe2-style momentum SGD step at ``lr_at_iter``. Because
 Detectron normalises every loss per GPU minibatch and uses no batch statistics,
 ``world_size * iter_size == NUM_GPUS`` reproduces the recipe's 8-GPU gradient exactly
-(reference §5.1); other batch sizes use the linear scaling rule (``scaled_schedule``).
+(docs/detectron.md §5.1); other batch sizes use the linear scaling rule (``scaled_schedule``).
 
 Logs Detectron's ``json_stats`` lines, snapshots ``ckpt/model_iter{N}.pt`` and
 ``ckpt/model_final.pt`` (+ ``model_final.pkl`` for Detectron), and resumes from the

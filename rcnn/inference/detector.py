@@ -62,7 +62,7 @@ def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) 
     """Mask/keypoint RoIs ``[image, float32(float64(box) * im_scale)]`` (``_get_rois_blob``).
 
     They are made from the final original-image boxes, like Detectron's, not
-    from the scaled RoIs (reference §4.14).
+    from the scaled RoIs (docs/detectron.md §4.14).
     """
     scale64 = torch.tensor(scales, dtype=torch.float64, device=boxes.device)[image_index, None]
     scaled = (boxes.to(torch.float64) * scale64).to(torch.float32)

@@ -4,7 +4,7 @@ Each 28x28 probability map is zero-padded to 30x30, its box expanded by 30/28
 (float32, then truncated to int32), resized with ``cv2.resize`` (INTER_LINEAR)
 to the expanded box's ``+1`` size, thresholded with ``> 0.5`` and pasted, clipped
 to the image. OpenCV's resize arithmetic is what Detectron's masks are made of,
-so this step runs on the host with OpenCV (reference §4.9).
+so this step runs on the host with OpenCV (docs/detectron.md §4.9).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Detectron's initialisation of the layers trained from scratch (reference §5.6).
+"""Detectron's initialisation of the layers trained from scratch (docs/detectron.md §5.6).
 
 Caffe2 fills, reproduced: ``XavierFill`` is uniform(+-sqrt(3 / fan_in)) with
 ``fan_in = numel / dim0``; ``MSRAFill`` is normal(0, sqrt(2 / fan_out)) with

@@ -4,7 +4,7 @@ Eight 3x3 convs ``conv_fcn1..8`` (512 channels), the deconv
 ``kps_score_lowres`` (k4, s2, p1) to 28x28, and ``kps_score``: Detectron's
 ``BilinearInterpolation`` x2, a ConvTranspose with a *fixed* bilinear kernel.
 It is kept as a transposed conv (not an interpolate) because the two differ on
-the border of the 56x56 heatmap, which moves keypoints (reference §4.14).
+the border of the 56x56 heatmap, which moves keypoints (docs/detectron.md §4.14).
 """
 from __future__ import annotations
 

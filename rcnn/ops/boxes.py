@@ -8,7 +8,7 @@ to the last bit.
 
 ``exp`` and ``log`` are NumPy's on CPU: torch's float32 ``exp`` differs from
 NumPy's by one ulp in ~39 % of elements, enough to move a box by 5e-4 px and flip
-a mask pixel (reference §4.14). On GPU torch's are used; results there differ in
+a mask pixel (docs/detectron.md §4.14). On GPU torch's are used; results there differ in
 the last bits anyway (conv kernels).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Greedy NMS with Detectron's semantics, vectorised and on the device.
 
 Detectron's ``cython_nms.nms`` differs from ``torchvision.ops.nms`` in three ways
-that change detections (reference §4.14): widths and heights are ``+1``, a box
+that change detections (docs/detectron.md §4.14): widths and heights are ``+1``, a box
 is suppressed when ``IoU >= thresh`` (float32 threshold), and the kept indices
 come back in ascending *input* order, not by score. The overlap is computed with
 the same float32 operations in the same order as the Cython loop.
