@@ -38,7 +38,7 @@ class GroupNormSpec:
     eps: float = 1e-5
 
     @classmethod
-    def from_cfg(cls, cfg) -> "GroupNormSpec":
+    def from_cfg(cls, cfg) -> GroupNormSpec:
         g = cfg.GROUP_NORM
         if not (g.DIM_PER_GP == -1 or g.NUM_GROUPS == -1):
             raise ValueError("GROUP_NORM: set only one of DIM_PER_GP and NUM_GROUPS (the other -1)")
