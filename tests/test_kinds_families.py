@@ -17,11 +17,8 @@ from rcnn.config import load_cfg
 from rcnn.modeling import build_model
 from rcnn.naming import key_to_blob
 from tests.conftest import REPO_ROOT
-from tests.test_configs_shipped import NOT_YET, SHIPPED
+from tests.test_configs_shipped import SHIPPED
 from tests.test_families import _detectron_body
-
-BUILT = [p for p in SHIPPED if not NOT_YET.search(p)]
-
 
 @functools.cache
 def _meta_blobs(path: str) -> dict[str, tuple]:
@@ -34,7 +31,7 @@ def _blobs(path) -> dict[str, tuple]:
     return dict(_meta_blobs(str(path)))
 
 
-@pytest.mark.parametrize("path", BUILT)
+@pytest.mark.parametrize("path", SHIPPED)
 def test_every_built_model_is_recognised_and_its_config_rebuilds_it(path):
     blobs = _blobs(path)
     kind = detect_kind(blobs)
