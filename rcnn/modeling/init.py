@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
+from rcnn.modeling.c4 import is_c4
+from rcnn.modeling.generalized_rcnn import GeneralizedRCNN, UnsupportedModelError
 
 
 def xavier_fill(w: Tensor, gen: torch.Generator) -> None:
@@ -34,6 +35,8 @@ def gaussian_fill(std: float):
 @torch.no_grad()
 def init_heads(model: GeneralizedRCNN, cfg, seed: int = 3) -> None:
     """Initialise FPN, RPN and the heads like Detectron's model builder (biases zero)."""
+    if is_c4(cfg):
+        raise UnsupportedModelError("training C4 models is not implemented (inference only)")
     gen = torch.Generator().manual_seed(seed)
     mask_fill = {"MSRAFill": msra_fill, "GaussianFill": gaussian_fill(0.001)}
     plan: list[tuple[nn.Module, object]] = [(m, xavier_fill) for m in model.fpn.children()]
