@@ -293,3 +293,15 @@ def test_c4_mask_full_scale_800_1333(shared_data, c4_pkls):
     assert det.prepare(im).data.shape[:2] == (800, 1202)
     d = det([im])[0]
     assert 60 <= len(d) <= 110 and len(d.masks) == len(d) and len(np.unique(d.scores)) == len(d)
+
+
+def test_c4_training_is_refused_with_a_clear_error():
+    from rcnn.modeling import UnsupportedModelError
+    from rcnn.modeling.init import init_heads
+
+    cfg = load_cfg(CONFIGS["faster"])
+    model = build_model(cfg)
+    with pytest.raises(UnsupportedModelError, match="training C4 models is not implemented"):
+        init_heads(model, cfg)
+    with pytest.raises(UnsupportedModelError, match="training C4 models is not implemented"):
+        model(None, None)

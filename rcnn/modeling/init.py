@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
+from rcnn.modeling.c4 import is_c4
+from rcnn.modeling.generalized_rcnn import GeneralizedRCNN, UnsupportedModelError
 from rcnn.modeling.group_norm import GroupNorm
 
 
@@ -37,6 +38,8 @@ def init_heads(model: GeneralizedRCNN, cfg, seed: int = 3) -> None:
     """Initialise FPN, RPN and the heads like Detectron's model builder (biases zero, GroupNorm
     scale 1 and bias 0). The body is not touched: it comes from ImageNet weights (a GN body
     trained from scratch, ``scratch_*_gn.yaml``, is not initialised like Detectron here)."""
+    if is_c4(cfg):
+        raise UnsupportedModelError("training C4 models is not implemented (inference only)")
     gen = torch.Generator().manual_seed(seed)
     mask_fill = {"MSRAFill": msra_fill, "GaussianFill": gaussian_fill(0.001)}
     plan: list[tuple[nn.Module, object]] = [(m, xavier_fill) for m in model.fpn.children() if isinstance(m, nn.Conv2d)]
