@@ -178,8 +178,8 @@ def _add_zoo_parser(sub) -> None:
         p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
         p.set_defaults(func=func)
         if name == "run":
-            p.add_argument("--data_root", required=True,
-                           help="data root laid out like Detectron's (coco/annotations/, coco/val2017/)")
+            p.add_argument("--data_root", help="data root laid out like Detectron's (coco/annotations/, "
+                                               "coco/val2017/; default: $DETECTRON_DATA_ROOT)")
             p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
             p.add_argument("--limit", type=int, help="only the first N images by id (a quick check)")
             p.add_argument("--weights", help="a model_final.pkl you already have: no download")

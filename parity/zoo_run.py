@@ -28,7 +28,7 @@ ZOO_HOST = "https://dl.fbaipublicfiles.com/"
 
 @dataclass
 class ZooRunOptions:
-    data_root: PathLike
+    data_root: PathLike | None = None  # None: $DETECTRON_DATA_ROOT
     device: str | None = None
     limit: int | None = None
     weights: PathLike | None = None  # a model_final.pkl the user already has: no download
