@@ -201,8 +201,7 @@ class Augmentation:
     def __init__(self, detector) -> None:
         check_cfg(detector.cfg)
         self.det = detector
-        self.kp_perm = (torch.from_numpy(keypoint_flip_permutation(COCO_KEYPOINT_NAMES))
-                        if detector.cfg.MODEL.KEYPOINTS_ON else None)
+        self.kp_perm = torch.from_numpy(keypoint_flip_permutation(COCO_KEYPOINT_NAMES))
 
     def _prepare(self, im: np.ndarray, view: View) -> PreparedImage:
         return prepare(view.image(im), view.scale, view.max_size, self.det.pixel_means)
