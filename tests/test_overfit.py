@@ -1,0 +1,41 @@
+"""Overfitting proof: Faster, Mask and Keypoint R-CNN trained briefly here (Detectron's recipe at
+toy sizes, random ResNet-50 body) detect their own training images, scored through the same
+``run_test`` path as ``tools/test_net.py``. Needs no ../shared data."""
+import cv2
+import pytest
+
+from rcnn.data.datasets import COCODataset
+from rcnn.engine.test_engine import TestSettings, run_test
+from rcnn.engine.weights import load_model
+from rcnn.inference.detector import Detector
+from rcnn.toy import ap50, make_shapes_dataset, train_toy
+
+# kind -> (iterations, {iou type: minimum AP50}). Measured with 1 thread: faster box AP50 0.854;
+# mask box and segm AP50 0.568; keypoint model box AP50 0.95. Its keypoint head does not learn
+# within this budget yet (keypoint AP 0.0 at 150 iterations), so only its boxes are gated.
+CASES = {
+    "faster": (150, {"bbox": 0.5}),
+    "mask": (150, {"bbox": 0.5, "segm": 0.5}),
+    "keypoint": (150, {"bbox": 0.5}),
+}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(CASES))
+def test_short_training_reaches_high_ap_on_its_images(kind, shapes, tmp_path):
+    img_dir, instances, keypoints = shapes
+    ann = keypoints if kind == "keypoint" else instances
+    dataset = COCODataset(ann, img_dir)
+    iters, minimum = CASES[kind]
+    image = cv2.imread(str(min(img_dir.iterdir())))
+    cfg, final = train_toy(kind, dataset, image, tmp_path / "train", iters)
+    model, weights = load_model(cfg, load_ckpt=str(final))
+    metrics = run_test(cfg, Detector(model, cfg), dataset, weights, TestSettings(ann.stem, tmp_path / "test",
+                                                                                  progress=False), kind)
+    reached = {t: ap50(metrics, t) for t in minimum}
+    assert all(reached[t] >= m for t, m in minimum.items()), reached
