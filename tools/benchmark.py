@@ -91,8 +91,9 @@ def _inputs(args) -> list:
             for i in range(args.batch)]
 
 
-def run(args) -> dict:
-    """The measurement of ``args.mode`` as a JSON-ready dict (rows + environment)."""
+def run(args, partial=lambda result: None) -> dict:
+    """The measurement of ``args.mode`` as a JSON-ready dict (rows + environment);
+    ``partial`` gets the result so far after every model (a long run cut short keeps it)."""
     from rcnn.engine import benchmark as bench
 
     if args.threads:
@@ -114,7 +115,11 @@ def run(args) -> dict:
                                        "parts": [{k: v for k, v in p.items() if k != "rows"} for p in parts]}}
     else:
         images = _inputs(args)
-        rows = []
+        rows: list[dict] = []
+        result = {**settings, "precision": args.precision, "batch": args.batch, "size": list(args.hw),
+                  "tf32": args.precision == "tf32", "fast": args.fast, "channels_last": args.channels_last,
+                  "compile": args.compile, "inputs": "real: " + args.images if args.images else "generated",
+                  "rows": rows, **bench.environment(device), "command": _command()}
         for kind in args.model_list:
             if args.mode == "infer":
                 row = bench.bench_infer(kind, images, device, args.precision, args.iters, args.warmup, args.fast,
@@ -127,22 +132,22 @@ def run(args) -> dict:
                   f"{row['torchvision_s_per_img']:.4f} s/img  ours faster by {row['speedup']:.2f}x "
                   f"(per pair {r['min']:.2f}-{r['max']:.2f}, n={r['n']})", flush=True)
             rows.append(row)
+            partial(result)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        result = {**settings, "precision": args.precision, "batch": args.batch, "size": list(args.hw),
-                  "tf32": args.precision == "tf32", "fast": args.fast, "channels_last": args.channels_last,
-                  "compile": args.compile, "inputs": "real: " + args.images if args.images else "generated",
-                  "rows": rows}
     result.update(bench.environment(device))
-    result["command"] = "python tools/benchmark.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("benchmark.py") \
-        else None
+    result["command"] = _command()
     return result
+
+
+def _command() -> str | None:
+    return "python tools/benchmark.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("benchmark.py") else None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = run(args)
+    result = run(args, (lambda r: atomic_write_json(args.json, r)) if args.json else (lambda r: None))
     if args.mode == "convert":
         c = result["convert"]
         print(f"convert {c['convert']['seconds']['median']:.2f} s, pickle.load {c['pickle']['seconds']['median']:.2f} s: "
