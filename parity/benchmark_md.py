@@ -168,6 +168,11 @@ _SPEED_ROW_KEYS = ("model", "ours_s_per_img", "torchvision_s_per_img")
 
 def add_speed(data: dict[str, Any], bench: Any, label: str, source: str) -> dict[str, Any]:
     """``data`` with one ``tools/benchmark.py --json`` measurement appended under ``label``."""
+    if isinstance(bench, dict) and bench.get("mode") in _OTHER_SPEED_MODES:
+        if not isinstance(bench.get(_OTHER_SPEED_MODES[bench["mode"]]), dict):
+            raise InputError(f"{source}: a tools/benchmark.py --mode {bench['mode']} result needs "
+                             f"'{_OTHER_SPEED_MODES[bench['mode']]}'")
+        return {**data, "speed": list(data.get("speed", [])) + [{"label": label, **bench}]}
     if not isinstance(bench, dict) or not isinstance(bench.get("rows"), list) or not bench["rows"]:
         raise InputError(f"{source}: not a tools/benchmark.py result (no 'rows')")
     for row in bench["rows"]:
@@ -177,7 +182,104 @@ def add_speed(data: dict[str, Any], bench: Any, label: str, source: str) -> dict
 
 
 def speed_section(entries: Sequence[dict[str, Any]]) -> str:
-    """Inference speed, ours vs torchvision, one line per model and measurement."""
+    """Inference speed, ours vs torchvision, one line per model and measurement; then the
+    measurements with per-pair spreads (``--mode``), convert, eval and fast-vs-exact tables."""
+    legacy = [e for e in entries if "mode" not in e]
+    out = _legacy_speed_table(legacy) if legacy else "## Speed\n"
+    return out + speed_tables([e for e in entries if "mode" in e])
+
+
+_OTHER_SPEED_MODES = {"convert": "convert", "eval": "eval", "fast-vs-exact": "fast"}
+
+
+def _pair(spread: dict[str, Any]) -> str:
+    return f"{spread['median']:.2f}x ({spread['min']:.2f}-{spread['max']:.2f}, n={spread['n']})"
+
+
+def _mib(value: Any) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.0f}"
+
+
+def _env(e: dict[str, Any]) -> str:
+    return (f"{e.get('device_name') or e.get('device', '-')}, {e.get('threads', '-')} threads, torch {e.get('torch', '-')}, "
+            f"torchvision {e.get('torchvision', '-')}, numpy {e.get('numpy', '-')}, python {e.get('python', '-')}")
+
+
+def speed_tables(entries: Sequence[dict[str, Any]]) -> str:
+    """Tables of ``tools/benchmark.py`` results that carry a ``mode`` (pairs with spreads)."""
+    parts = []
+    models = [e for e in entries if e["mode"] in ("infer", "train")]
+    if models:
+        lines = ["", "### Ours vs torchvision (alternating pairs)", "",
+                 "`ours faster by` is the median over A/B pairs of torchvision's time over ours, with the",
+                 "min-max of the per-pair ratios: a spread that straddles 1.00x is no result. Peak memory:",
+                 "CUDA allocator peak (n/a on CPU).", "",
+                 "| measurement | mode | device | precision | input | batch | model | ours s/img | torchvision s/img "
+                 "| ours faster by (min-max, n) | peak MiB ours / tv |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in models:
+            size = "x".join(str(v) for v in e.get("size", []))
+            flags = "".join(f" {f}" for f in ("fast", "channels_last", "compile") if e.get(f))
+            for r in e["rows"]:
+                lines.append(f"| {e['label']} | {e['mode']}{flags} | {e.get('device', '-')} | {e.get('precision', '-')} | "
+                             f"{size} | {e.get('batch', '-')} | {r['model']} | {r['ours_s_per_img']:.4f} | "
+                             f"{r['torchvision_s_per_img']:.4f} | {_pair(r['ratio_spread'])} | "
+                             f"{_mib(r.get('ours_peak_bytes'))} / {_mib(r.get('torchvision_peak_bytes'))} |")
+        parts.append("\n".join(lines))
+    convert = [e for e in entries if e["mode"] == "convert"]
+    if convert:
+        lines = ["", "### Convert vs pickle.load", "",
+                 "`python -m convert` of a full-size Mask R-CNN `.pkl` (real blob names and shapes, momentum and",
+                 "preserved blobs) against `pickle.load` of the same file; each run in its own subprocess, peak =",
+                 "`ru_maxrss` minus the resident size after imports.", "",
+                 "| measurement | file MiB | convert s | pickle.load s | convert / pickle.load (min-max, n) "
+                 "| convert peak / file | pickle.load peak / file |",
+                 "|---|---|---|---|---|---|---|"]
+        for e in convert:
+            c = e["convert"]
+            lines.append(f"| {e['label']} | {c['file_bytes'] / 2**20:.0f} | {c['convert']['seconds']['median']:.2f} | "
+                         f"{c['pickle']['seconds']['median']:.2f} | {_pair(c['time_ratio'])} | "
+                         f"{c['convert']['peak_over_file']:.2f}x | {c['pickle']['peak_over_file']:.2f}x |")
+        parts.append("\n".join(lines))
+    evals = [e for e in entries if e["mode"] == "eval"]
+    if evals:
+        lines = ["", "### Evaluation: faster-coco-eval vs pycocotools", "",
+                 "`parity.evaluate` with each backend on the same generated result set, alternating pairs; the",
+                 "12 stats must agree to 1e-12 (`max diff` is the largest difference seen).", "",
+                 "| measurement | images | results | type | faster-coco-eval s | pycocotools s "
+                 "| faster by (min-max, n) | max diff |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for e in evals:
+            v = e["eval"]
+            for r in v["rows"]:
+                lines.append(f"| {e['label']} | {v['images']} | {v['detections']} | {r['type']} | "
+                             f"{r['fast_seconds']['median']:.2f} | {r['pycocotools_seconds']['median']:.2f} | "
+                             f"{_pair(r['speedup'])} | {r['max_stat_diff']:.2g} |")
+        parts.append("\n".join(lines))
+    fast = [e for e in entries if e["mode"] == "fast-vs-exact"]
+    if fast:
+        lines = ["", "### Fast mode (`--fast`) vs the exact path", "",
+                 "Same forward pass, post-processed both ways (`tools/benchmark.py --mode fast-vs-exact`);",
+                 "per-detection match (`parity.match`) and AP of each, same images and calibrated synthetic",
+                 "weights (AP near 0: the per-detection match is the informative part).", "",
+                 "| measurement | model | type | detections | matched | identical | 1-IoU / distance p99, max "
+                 "| AP exact | AP fast | AP delta |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in fast:
+            for r in e["fast"]["rows"]:
+                d = r["keypoint_distance"] or r["iou_deficit"]
+                lines.append(f"| {e['label']} | {r['model']} | {r['type']} | {r['n_a']} | {r['matched']} | "
+                             f"{r['identical']} | {d['p99']:.3g}, {d['max']:.3g} | {100 * r['ap_exact']:.2f} | "
+                             f"{100 * r['ap_fast']:.2f} | {100 * (r['ap_fast'] - r['ap_exact']):+.3f} |")
+        parts.append("\n".join(lines))
+    if entries:
+        parts.append("\n".join(["", "Measurements (machine, versions, command):", ""] +
+                               [f"- `{e['label']}`: {_env(e)}; `{e.get('command') or '-'}`" for e in entries]))
+    return "\n".join(parts) + "\n" if parts else ""
+
+
+def _legacy_speed_table(entries: Sequence[dict[str, Any]]) -> str:
+    """The first table (results written before ``--mode`` existed: no spreads)."""
     lines = ["## Inference speed", "",
              "Measured by `tools/benchmark.py` (same images, same run, same machine; both pipelines from",
              "decoded uint8 images to pasted masks / decoded keypoints, 100 detections per image).",

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-size images)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster-coco-eval"])
+    p.add_argument("--fast", action="store_true",
+                   help="paste masks / decode keypoints on the device (not bit-exact; see BENCHMARK.md)")
     p.add_argument("--eval_only", action="store_true",
                    help="only evaluate the result files already in --output_dir (no weights needed)")
     args = p.parse_args(argv)
@@ -89,8 +91,8 @@ def main(argv=None) -> int:
         else:
             device = init_processes(args.device)
             model, weights = load_model(cfg, args.load_detectron, args.load_ckpt)
-            metrics = run_test(cfg, Detector(model, cfg, device, args.batch_size), dataset, weights, settings,
-                               model_name)
+            detector = Detector(model, cfg, device, args.batch_size, fast=args.fast)
+            metrics = run_test(cfg, detector, dataset, weights, settings, model_name)
     except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
             OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,8 @@ batches: a batch only holds images of the same blob size, because padding an
 image further than Detectron does changes the features near its border and
 the RPN's clipping window. Everything up to the final detections runs on the
 model's device; only mask pasting and keypoint decoding run on the host with
-OpenCV, because their exact arithmetic is OpenCV's.
+OpenCV, because their exact arithmetic is OpenCV's (``fast=True`` does them on the
+device instead, within float rounding of OpenCV: ``fast_postprocess``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, prepare
+from rcnn.inference.fast_postprocess import heatmaps_to_keypoints_fast, paste_and_encode_fast
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
@@ -56,6 +58,8 @@ class DeviceOutputs:
     offsets: list[int]
     mask_probs: np.ndarray | None = None  # (N, M, M) probabilities of each detection's class
     heatmaps: np.ndarray | None = None    # (N, J, 56, 56) keypoint logits
+    masks: list[list[dict]] | None = None  # fast mode: each image's RLEs, pasted on the device
+    keypoints: np.ndarray | None = None   # fast mode: (N, 4, J) rows decoded on the device
 
 
 def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) -> Tensor:
@@ -83,8 +87,9 @@ class Detector:
     """Runs a ``GeneralizedRCNN`` on BGR uint8 images and post-processes like Detectron."""
 
     def __init__(self, model: GeneralizedRCNN, cfg, device: str | torch.device = "cpu",
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, fast: bool = False) -> None:
         self.model = model.eval().to(device)
+        self.fast = fast   # mask paste / keypoint decode on the device (rcnn.inference.fast_postprocess)
         self.cfg = cfg
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -186,15 +191,24 @@ class Detector:
         out = DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
                             dets.classes.cpu().numpy(), dets.offsets)
         if len(dets.scores) and (cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINTS_ON):
-            det_image = torch.repeat_interleave(torch.arange(len(batch), device=dev),
-                                                torch.tensor(np.diff(dets.offsets), device=dev))
-            head_rois = rois_for_heads(dets.boxes, det_image, [p.scale for p in batch])
+            head_rois = rois_for_heads(dets.boxes, dets.image, [p.scale for p in batch])
             if cfg.MODEL.MASK_ON:
                 logits = self.model.mask_logits(feats, head_rois)
                 channel = dets.classes if cfg.MRCNN.CLS_SPECIFIC_MASK else torch.zeros_like(dets.classes)
-                out.mask_probs = torch.sigmoid(logits[torch.arange(len(channel), device=dev), channel]).cpu().numpy()
+                probs = torch.sigmoid(logits[torch.arange(len(channel), device=dev), channel])
+                if self.fast:
+                    out.masks = [paste_and_encode_fast(probs[s:e], dets.boxes[s:e], p.orig_height, p.orig_width,
+                                                       cfg.MRCNN.THRESH_BINARIZE)
+                                 for p, s, e in zip(batch, dets.offsets, dets.offsets[1:])]
+                else:
+                    out.mask_probs = probs.cpu().numpy()
             if cfg.MODEL.KEYPOINTS_ON:
-                out.heatmaps = self.model.keypoint_logits(feats, head_rois).cpu().numpy()
+                heatmaps = self.model.keypoint_logits(feats, head_rois)
+                if self.fast:
+                    out.keypoints = heatmaps_to_keypoints_fast(heatmaps, dets.boxes,
+                                                               cfg.KRCNN.INFERENCE_MIN_SIZE).cpu().numpy()
+                else:
+                    out.heatmaps = heatmaps.cpu().numpy()
         return out
 
     @staticmethod
@@ -215,11 +229,15 @@ class Detector:
         for i, p in enumerate(out.batch):
             s = slice(out.offsets[i], out.offsets[i + 1])
             det = ImageDetections(p.orig_height, p.orig_width, out.boxes[s], out.scores[s], out.classes[s])
-            if cfg.MODEL.MASK_ON:
+            if cfg.MODEL.MASK_ON and out.masks is not None:
+                det.masks = out.masks[i]
+            elif cfg.MODEL.MASK_ON:
                 probs = out.mask_probs[s] if out.mask_probs is not None else np.zeros((0, m, m), np.float32)
                 det.masks = paste_and_encode(probs, out.boxes[s], p.orig_height, p.orig_width,
                                              cfg.MRCNN.THRESH_BINARIZE)
-            if cfg.MODEL.KEYPOINTS_ON:
+            if cfg.MODEL.KEYPOINTS_ON and out.keypoints is not None:
+                det.keypoints = out.keypoints[s]
+            elif cfg.MODEL.KEYPOINTS_ON:
                 det.keypoints = (heatmaps_to_keypoints(out.heatmaps[s], out.boxes[s], cfg.KRCNN.INFERENCE_MIN_SIZE)
                                  if out.heatmaps is not None
                                  else np.zeros((0, 4, cfg.KRCNN.NUM_KEYPOINTS), np.float32))

@@ -39,6 +39,7 @@ class BoxDetections:
     scores: Tensor    # (N,) float32
     classes: Tensor   # (N,) int64, contiguous class index (1..K-1)
     offsets: list[int]
+    image: Tensor | None = None   # (N,) int64 image of each row, on the device (no host round trip)
 
 
 @dataclass(frozen=True)
@@ -119,4 +120,4 @@ def box_results_with_nms_and_limit(
 
     by_image = torch.sort(image, stable=True).indices
     offsets = [0] + torch.cumsum(counts, 0).tolist()
-    return BoxDetections(cand_boxes[by_image], cand_scores[by_image], cls[by_image], offsets)
+    return BoxDetections(cand_boxes[by_image], cand_scores[by_image], cls[by_image], offsets, image[by_image])
