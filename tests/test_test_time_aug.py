@@ -213,16 +213,16 @@ def test_heatmap_merge_matches_im_detect_keypoints_aug(heur, size_dep):
 
 
 SMALL_AUG = {
-    "mask": ["MODEL.TYPE", "generalized_rcnn", "TEST.SCALE", "160", "TEST.MAX_SIZE", "267", "TEST.DETECTIONS_PER_IM", "20",
-             "TEST.BBOX_AUG.SCALES", "(128,)", "TEST.BBOX_AUG.MAX_SIZE", "300",
-             "TEST.MASK_AUG.SCALES", "(128,)", "TEST.MASK_AUG.MAX_SIZE", "300"],
+    "mask": ["MODEL.TYPE", "generalized_rcnn", "TEST.SCALE", "128", "TEST.MAX_SIZE", "213", "TEST.DETECTIONS_PER_IM", "20",
+             "TEST.BBOX_AUG.SCALES", "(96,)", "TEST.BBOX_AUG.MAX_SIZE", "200",
+             "TEST.MASK_AUG.SCALES", "(96,)", "TEST.MASK_AUG.MAX_SIZE", "200"],
     # The config's AVG heuristics need precomputed proposals (MODEL.FASTER_RCNN False), which
     # this project's Detector does not read: run its RPN model with UNION instead.
-    "keypoint": ["MODEL.TYPE", "generalized_rcnn", "MODEL.FASTER_RCNN", "True", "TEST.SCALE", "160",
+    "keypoint": ["MODEL.TYPE", "generalized_rcnn", "MODEL.FASTER_RCNN", "True", "TEST.SCALE", "128",
                  "TEST.DETECTIONS_PER_IM", "10",
-                 "TEST.MAX_SIZE", "267", "TEST.BBOX_AUG.SCORE_HEUR", "UNION", "TEST.BBOX_AUG.COORD_HEUR", "UNION",
-                 "TEST.BBOX_AUG.SCALES", "(128,)", "TEST.BBOX_AUG.MAX_SIZE", "300",
-                 "TEST.KPS_AUG.SCALES", "(128, 192)", "TEST.KPS_AUG.MAX_SIZE", "300"],
+                 "TEST.MAX_SIZE", "213", "TEST.BBOX_AUG.SCORE_HEUR", "UNION", "TEST.BBOX_AUG.COORD_HEUR", "UNION",
+                 "TEST.BBOX_AUG.SCALES", "(96,)", "TEST.BBOX_AUG.MAX_SIZE", "200",
+                 "TEST.KPS_AUG.SCALES", "(96, 160)", "TEST.KPS_AUG.MAX_SIZE", "300"],
 }
 NO_VIEWS = [f"TEST.{a}.{k}" for a in ("BBOX_AUG", "MASK_AUG", "KPS_AUG") for k in ("H_FLIP", "SCALE_H_FLIP")]
 
