@@ -15,9 +15,13 @@ from pathlib import Path
 from parity.evaluate import STAT_NAMES, evaluate
 from parity.fileio import InputError, load_json, split_label
 from parity.metrics import Metrics
+from parity.proposals import AR_NAMES
 from parity.records import IOU_TYPES, infer_iou_types, load_gt
 from parity.reference import MODELS, config_stem, model_for_types, resolve_model
 
+# RPN-only models are compared on Detectron's proposal recall (``box_proposal``), the rest on COCO stats.
+NAMES: dict[str, tuple[str, ...]] = {**STAT_NAMES, "box_proposal": AR_NAMES}
+_TYPES = (*IOU_TYPES, "box_proposal")
 ZOO_TOLERANCE = 0.1  # AP points: converted zoo weights must reproduce the published numbers
 SCRATCH_TOLERANCE = 1.0  # AP points: trained-here runs (Detectron.pytorch's keypoint trials differ by ~1.3)
 
@@ -38,6 +42,9 @@ class Row:
     def from_metrics(cls, label: str, metrics: Metrics) -> Row:
         """Percent values of a run; COCOeval's -1 (no object in range) becomes ``None``."""
         values = {t: tuple(None if v == -1 else 100.0 * v for v in s.stats) for t, s in metrics.by_type().items()}
+        if metrics.box_proposal is not None:
+            # NaN: no positive ground truth in that area range
+            values["box_proposal"] = tuple(None if v is None or v != v else 100.0 * v for v in metrics.box_proposal.stats)
         prov = metrics.provenance
         model = config_stem(str(prov["model"])) if prov.get("model") else None
         source = prov.get("weights_source", "zoo")
@@ -49,7 +56,10 @@ class Row:
 def reference_row(model: str) -> Row:
     """Detectron's published row for ``model`` (alias or config name)."""
     ref = MODELS[resolve_model(model)]
-    return Row("Detectron", dict(ref.stats), "reference", published=True, model=ref.name,
+    values = dict(ref.stats)
+    if ref.proposal_ar is not None:   # MODEL_ZOO.md publishes AR@1000 over all areas
+        values["box_proposal"] = tuple(ref.proposal_ar if n == "AR@1000" else None for n in AR_NAMES)
+    return Row("Detectron", values, "reference", published=True, model=ref.name,
                provenance={"model_id": ref.model_id, "source": ref.source})
 
 
@@ -137,9 +147,9 @@ def compare(runs: Sequence[Row], baseline: Row, tolerance: float | None = None,
     tolerance: ``tolerance`` if given, else by the run's ``weights_source`` (zoo: 0.1,
     scratch: 1.0 AP points). ``metrics`` restricts the gate to some stat names (e.g.
     ``["AP"]``); by default every stat the baseline has is gated."""
-    iou_types = [t for t in IOU_TYPES if t in baseline.values or any(t in r.values for r in runs)]
+    iou_types = [t for t in _TYPES if t in baseline.values or any(t in r.values for r in runs)]
     if metrics is not None:
-        known = {n for t in iou_types for n in STAT_NAMES[t]}
+        known = {n for t in iou_types for n in NAMES[t]}
         unknown = [m for m in metrics if m not in known]
         if unknown:
             raise InputError(f"unknown metric name(s) {unknown} (known: {', '.join(sorted(known))})")
@@ -149,7 +159,7 @@ def compare(runs: Sequence[Row], baseline: Row, tolerance: float | None = None,
         for iou_type in iou_types:
             if iou_type not in baseline.values or iou_type not in run.values:
                 continue
-            for name, value, base in zip(STAT_NAMES[iou_type], run.values[iou_type], baseline.values[iou_type]):
+            for name, value, base in zip(NAMES[iou_type], run.values[iou_type], baseline.values[iou_type]):
                 if value is None or base is None or (metrics is not None and name not in metrics):
                     continue
                 shown = round(value, 1) if baseline.published else value
@@ -175,7 +185,7 @@ def delta_lines(comparison: Comparison) -> list[str]:
     lines = []
     by_key = {(c.label, c.iou_type, c.metric): c for c in comparison.checks}
     for iou_type in comparison.iou_types:
-        names = STAT_NAMES[iou_type]
+        names = NAMES[iou_type]
         rows = [r for r in comparison.rows[:-1] if any((r.label, iou_type, n) in by_key for n in names)]
         if not rows:
             continue

@@ -87,6 +87,21 @@ def test_zoo_run_outside_tolerance_fails():
     assert "-0.20*" in lines[2]
 
 
+def test_rpn_model_is_gated_on_published_proposal_recall():
+    """RPN-only runs (``box_proposal`` in metrics.json) are compared on MODEL_ZOO.md's AR@1000."""
+    from parity.proposals import ProposalStats
+    ref = reference_row("rpn_R-50-FPN_1x")
+    assert ref.values == {"box_proposal": (None, None, None, None, 57.2, None, None, None)}
+    for ar1000, passed in ((0.5724, True), (0.5736, False)):   # shows as 57.2 / 57.4
+        stats = ProposalStats((0.41, 0.2, 0.5, 0.6, ar1000, float("nan"), 0.6, 0.7))
+        run = Row.from_metrics("ours", Metrics(provenance={"model": "rpn_R-50-FPN_1x"}, box_proposal=stats))
+        assert run.values["box_proposal"][5] is None
+        result = compare([run], ref)
+        assert [(c.iou_type, c.metric) for c in result.checks] == [("box_proposal", "AR@1000")]
+        assert result.passed is passed
+        assert delta_lines(result)[0].startswith("box_proposal: delta vs Detectron")
+
+
 def test_scratch_tolerance_and_metric_gate():
     model = "e2e_keypoint_rcnn_R-50-FPN_1x"
     run = Row.from_metrics("scratch", _metrics_like_reference(model, shift=-0.8, weights_source="scratch"))

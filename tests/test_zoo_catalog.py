@@ -212,3 +212,20 @@ def test_benchmark_md_run_of_another_zoo_model(tmp_path, capsys):
     assert '<td align="right" bgcolor=white>40.0</td>\n<td align="right" bgcolor=white>-</td>' in section
     assert main(["benchmark-md", "--file", str(bench), "--check"]) == 0
     capsys.readouterr()
+
+
+def test_every_catalogued_config_is_shipped_and_builds_its_family():
+    """Each zoo model's config is one of the shipped Detectron YAMLs, and the model it builds is
+    the family the catalog says (detectors, RPN-only, RetinaNet)."""
+    from convert.kinds import cfg_kind
+    from rcnn.config import load_cfg
+    from tests.conftest import REPO_ROOT
+
+    models = [m for m in zoo.catalog().values() if m.config]
+    assert len(models) >= 80
+    for m in models:
+        path = REPO_ROOT / m.config
+        assert path.is_file(), m.config
+        kind = cfg_kind(load_cfg(path))
+        expected = {"rpn": "rpn-only", "rpn_person_only": "rpn-only", "retinanet": "retinanet"}.get(m.family, "detector")
+        assert kind.kind == expected, (m.name, kind)
