@@ -5,7 +5,7 @@ import cv2
 import pytest
 
 from rcnn.data.datasets import COCODataset
-from rcnn.engine.test_engine import TestSettings, run_test
+from rcnn.engine import test_engine
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector
 from rcnn.toy import ap50, make_shapes_dataset, train_toy
@@ -35,7 +35,7 @@ def test_short_training_reaches_high_ap_on_its_images(kind, shapes, tmp_path):
     image = cv2.imread(str(min(img_dir.iterdir())))
     cfg, final = train_toy(kind, dataset, image, tmp_path / "train", iters)
     model, weights = load_model(cfg, load_ckpt=str(final))
-    metrics = run_test(cfg, Detector(model, cfg), dataset, weights, TestSettings(ann.stem, tmp_path / "test",
-                                                                                  progress=False), kind)
+    settings = test_engine.TestSettings(ann.stem, tmp_path / "test", progress=False)
+    metrics = test_engine.run_test(cfg, Detector(model, cfg), dataset, weights, settings, kind)
     reached = {t: ap50(metrics, t) for t in minimum}
     assert all(reached[t] >= m for t, m in minimum.items()), reached
