@@ -137,7 +137,8 @@ def calibrate(model: GeneralizedRCNN, cfg, image: np.ndarray, seed: int = 0, num
     # Fewer favoured classes (e.g. the keypoint model's person) each need more RoIs
     # over the 0.05 threshold for ~100 detections per image after NMS; so do fewer
     # RoIs than the 1000 of the zoo configs (e.g. C4 tests, whose res5 head is costly).
-    fewer_rois = max(1.0, 1000 / cfg.TEST.RPN_POST_NMS_TOP_N)
+    post_nms = cfg.TEST.RPN_POST_NMS_TOP_N
+    fewer_rois = max(1.0, 1000 / post_nms) if post_nms > 0 else 1.0
     cls_mean[favoured] = -1.0 + 0.5 * math.log(num_favoured / len(favoured)) + 0.5 * math.log(fewer_rois)
     box = model.box_head
     # The C4 box head's hidden layers are its res5 blocks, calibrated with the body above.

@@ -231,14 +231,20 @@ def c4_pkls(shared_data, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="module")
+def c4_models(c4_pkls):
+    """The synthetic files loaded strictly, as the tools do: {kind: (model, WeightsInfo)}."""
+    return {kind: load_model(load_cfg(CONFIGS[kind], SMALL), load_detectron=str(path)) for kind, path in c4_pkls.items()}
+
+
 @pytest.mark.parametrize("kind", ["faster", "mask"])
-def test_c4_runs_end_to_end(kind, shared_data, c4_pkls):
+def test_c4_runs_end_to_end(kind, shared_data, c4_pkls, c4_models):
     pkl = read_detectron_pkl(c4_pkls[kind])
     file_kind = detect_kind(pkl.shapes)
     assert file_kind.family == f"e2e_{kind}_rcnn_R-50-C4"
     assert cfg_for_file(file_kind, "x.pkl").MODEL.CONV_BODY == "ResNet.add_ResNet50_conv4_body"
     cfg = load_cfg(CONFIGS[kind], SMALL)
-    model, info = load_model(cfg, load_detectron=str(c4_pkls[kind]))   # strict
+    model, info = c4_models[kind]
     assert info.format == "detectron-pkl" and isinstance(model, ResNetC4RCNN)
     params = {b for b in pkl.blobs if orphan_group(b) is None}
     assert params == {key_to_blob(k) for k in model.state_dict()} and len(params) == (173 if kind == "mask" else 169)
@@ -265,9 +271,8 @@ def test_c4_runs_end_to_end(kind, shared_data, c4_pkls):
             assert d.masks is None
 
 
-def test_c4_mask_head_recomputes_the_shared_res5(shared_data, c4_pkls):
-    cfg = load_cfg(CONFIGS["mask"], SMALL)
-    model, _ = load_model(cfg, load_detectron=str(c4_pkls["mask"]))
+def test_c4_mask_head_recomputes_the_shared_res5(c4_models):
+    model, _ = c4_models["mask"]
     assert not any(k.startswith("mask_head.res5") for k in model.state_dict())
     feats = [torch.randn(1, 1024, 14, 21, generator=torch.Generator().manual_seed(0))]
     rois = torch.tensor([[0, 10.0, 20.0, 150.0, 200.0], [0, 0.0, 0.0, 300.0, 220.0]])
@@ -282,12 +287,13 @@ def test_c4_mask_head_recomputes_the_shared_res5(shared_data, c4_pkls):
     torch.testing.assert_close(logits, manual, rtol=0, atol=0)
 
 
-def test_c4_mask_full_scale_800_1333(shared_data, c4_pkls):
-    """Detectron's real C4 test settings once: 800/1333, RPN 6000/1000, unpadded 800x1202 blob."""
+def test_c4_mask_full_scale_800_1333(shared_data, c4_models):
+    """Detectron's real C4 test settings once: 800/1333, RPN 6000/1000, unpadded 800x1202 blob.
+    (The loaded model is reused: the test settings are the Detector's, the layers are the same.)"""
     cfg = load_cfg(CONFIGS["mask"])
     assert (cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.TEST.RPN_PRE_NMS_TOP_N, cfg.TEST.RPN_POST_NMS_TOP_N) == \
         (800, 1333, 6000, 1000)
-    model, _ = load_model(cfg, load_detectron=str(c4_pkls["mask"]))
+    model, _ = c4_models["mask"]
     det = Detector(model, cfg)
     im = _image(shared_data, IMAGES[0])
     assert det.prepare(im).data.shape[:2] == (800, 1202)
