@@ -147,9 +147,9 @@ def test_file_kind_and_wrong_family_messages(tmp_path):
     assert cfg_for_file(kind, "x.pkl").RETINANET.RETINANET_ON
     blobs = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res4_5_branch2a_w": np.zeros((256, 1024, 1, 1), np.float32),
              "fpn_inner_res2_2_sum_lateral_w": np.zeros((256, 256, 1, 1), np.float32),
-             "cls_score_w": np.zeros((81, 1024), np.float32)}
+             "conv_rpn_fpn2_w": np.zeros((256, 256, 3, 3), np.float32), "cls_score_w": np.zeros((81, 1024), np.float32)}
     path = tmp_path / "faster.pkl"
     write_detectron_pkl(str(path), blobs, None)
-    with pytest.raises(WeightsMismatchError, match=r"the config builds a RetinaNet, R-50-FPN; use the config "
+    with pytest.raises(WeightsMismatchError, match=r"the config builds a RetinaNet, R-50-FPN, 81 classes; use the config "
                                                    r"12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml\. "):
         load_detectron_weights(model, path, cfg)

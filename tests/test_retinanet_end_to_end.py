@@ -54,7 +54,7 @@ def test_retinanet_runs_end_to_end(shared_data, retinanet_pkl):
 
 def test_retinanet_pkl_with_an_rcnn_config_names_the_config_it_needs(retinanet_pkl):
     cfg = load_cfg(CONFIGS["mask"])
-    with pytest.raises(WeightsMismatchError, match=r"the file is a RetinaNet, R-50-FPN .*use the config "
+    with pytest.raises(WeightsMismatchError, match=r"the file is a RetinaNet, R-50-FPN, 81 classes .*use the config "
                                                    r"12_2017_baselines/retinanet_R-50-FPN_1x.yaml") as info:
         load_model(cfg, load_detectron=str(retinanet_pkl))
     msg = str(info.value)

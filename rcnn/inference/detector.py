@@ -73,6 +73,19 @@ def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) 
     return torch.cat((image_index[:, None].to(torch.float32), scaled), dim=1)
 
 
+def class_boxes(cfg, boxes: Tensor, deltas: Tensor, num_classes: int, heights: Tensor | float,
+                widths: Tensor | float) -> Tensor:
+    """``im_detect_bbox``: class-tiled (R, 4K) boxes of RoIs in original-image coordinates, decoded with
+    ``bbox_pred`` (``TEST.BBOX_REG``) and clipped to the image (``heights``/``widths`` broadcast per RoI)."""
+    if not cfg.TEST.BBOX_REG:
+        return boxes.repeat(1, num_classes)
+    if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
+        deltas = deltas[:, -4:]
+    pred = box_ops.decode(boxes, deltas, cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP)
+    pred = box_ops.clip_tiled(pred, heights, widths)
+    return pred.repeat(1, num_classes) if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG else pred
+
+
 def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = 32) -> Iterable[list[int]]:
     """Indices of images grouped by blob size, in input order within a group."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -173,18 +186,9 @@ class Detector:
         image_index = rois[:, 0].to(torch.int64)
         if not cfg.TEST.PRECOMPUTED_PROPOSALS:
             boxes = rois[:, 1:5] / scales32[image_index, None]   # original-image coordinates
-        num_classes = scores.shape[1]
-        if cfg.TEST.BBOX_REG:
-            if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-                deltas = deltas[:, -4:]
-            pred = box_ops.decode(boxes, deltas, cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP)
-            heights = torch.tensor([p.orig_height for p in batch], dtype=torch.float32, device=dev)
-            widths = torch.tensor([p.orig_width for p in batch], dtype=torch.float32, device=dev)
-            pred = box_ops.clip_tiled(pred, heights[image_index, None], widths[image_index, None])
-            if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-                pred = pred.repeat(1, num_classes)
-        else:
-            pred = boxes.repeat(1, num_classes)
+        heights = torch.tensor([p.orig_height for p in batch], dtype=torch.float32, device=dev)
+        widths = torch.tensor([p.orig_width for p in batch], dtype=torch.float32, device=dev)
+        pred = class_boxes(cfg, boxes, deltas, scores.shape[1], heights[image_index, None], widths[image_index, None])
 
         dets = box_results_with_nms_and_limit(scores, pred, image_index, len(batch), cfg.TEST.SCORE_THRESH,
                                               cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM, NmsVariants.from_cfg(cfg))

@@ -31,7 +31,7 @@ from torch import Tensor
 from rcnn.data.datasets import COCO_KEYPOINT_NAMES
 from rcnn.data.preprocess import PreparedImage, images_to_blob, prepare
 from rcnn.data.roidb import keypoint_flip_permutation
-from rcnn.inference.detector import DeviceOutputs, rois_for_heads
+from rcnn.inference.detector import DeviceOutputs, class_boxes, rois_for_heads
 from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
 from rcnn.ops import boxes as box_ops
 
@@ -222,16 +222,7 @@ class Augmentation:
         cls_logits, deltas = model.box_outputs(feats, rois)
         scores = torch.softmax(cls_logits, dim=1)
         boxes = rois[:, 1:5] / im_info[0, 2]
-        num_classes = scores.shape[1]
-        if cfg.TEST.BBOX_REG:
-            if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-                deltas = deltas[:, -4:]
-            pred = box_ops.decode(boxes, deltas, cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP)
-            pred = box_ops.clip_tiled(pred, float(p.orig_height), float(p.orig_width))
-            if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-                pred = pred.repeat(1, num_classes)
-        else:
-            pred = boxes.repeat(1, num_classes)
+        pred = class_boxes(cfg, boxes, deltas, scores.shape[1], float(p.orig_height), float(p.orig_width))
         return scores, pred, feats
 
     def __call__(self, p: PreparedImage) -> DeviceOutputs:
