@@ -12,12 +12,13 @@ CONFIGS = {kind: REPO_ROOT / f"configs/12_2017_baselines/e2e_{kind}_rcnn_R-50-FP
            for kind in ("faster", "mask", "keypoint")}
 # Small test scale: the real 800/1333 path is exercised once, in test_end_to_end.
 SMALL = ["TEST.SCALE", "320", "TEST.MAX_SIZE", "533"]
-CALIBRATION_IMAGE = "coco-mini-val2017/val2017/000000000139.jpg"
+# Relative to tests/data (shipped, CC BY): the same weights on every checkout.
+CALIBRATION_IMAGE = "coco-cc-by/val2017/000000397133.jpg"
 
 
-def make_pkl(kind: str, shared_data: Path, out_dir: Path, with_extras: bool) -> Path:
+def make_pkl(kind: str, test_data: Path, out_dir: Path, with_extras: bool) -> Path:
     cfg = load_cfg(CONFIGS[kind], SMALL)
     path = out_dir / f"{kind}.pkl"
-    write_synthetic_detectron_pkl(cfg, read_image(shared_data / CALIBRATION_IMAGE), str(path),
+    write_synthetic_detectron_pkl(cfg, read_image(test_data / CALIBRATION_IMAGE), str(path),
                                   with_extras=with_extras)
     return path

@@ -211,9 +211,9 @@ def test_kind_detection_c4_and_others():
     assert detect_kind({"foo_w": (1,)}).describe() == "set of blobs of no known Detectron model"
 
 
-def test_kind_detection_real_c4_graph(shared_data):
+def test_kind_detection_real_c4_graph(test_data):
     """The blob names of the real Detectron e2e_faster_rcnn_R-50-C4_1x graph."""
-    text = (shared_data / "detectron-c2-e2e_faster_rcnn_R-50-C4_1x" / "predict_net.pbtxt").read_text()
+    text = (test_data / "detectron-c2-e2e_faster_rcnn_R-50-C4_1x" / "predict_net.pbtxt").read_text()
     names = set(re.findall(r'input: "([^"]+_[wbs])"', text))
     assert len(names) == 116 and "conv_rpn_w" in names and not any(n.startswith("fpn") for n in names)
     shapes = {name: (1,) for name in names}

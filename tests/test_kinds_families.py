@@ -134,9 +134,9 @@ def test_other_families_from_detectron_blob_names(make, family, config, describe
     assert cfg_kind(cfg).family == family and cfg.MODEL.NUM_CLASSES == (kind.num_classes or 81)
 
 
-def test_real_c4_graph_names_its_config(shared_data):
+def test_real_c4_graph_names_its_config(test_data):
     """The parameter blobs of Detectron's own e2e_faster_rcnn_R-50-C4_1x graph (BN scales folded there)."""
-    text = (shared_data / "detectron-c2-e2e_faster_rcnn_R-50-C4_1x" / "predict_net.pbtxt").read_text()
+    text = (test_data / "detectron-c2-e2e_faster_rcnn_R-50-C4_1x" / "predict_net.pbtxt").read_text()
     names = set(re.findall(r'input: "([^"]+_[wbs])"', text))
     graph = {n: (1,) for n in names} | {"cls_score_w": (81, 2048), "res2_0_branch2b_w": (64, 64, 3, 3)}
     ours = {n for n in _c4() if not n.endswith("_bn_s")}

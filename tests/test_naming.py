@@ -70,10 +70,10 @@ def test_examples_and_malformed_keys():
         blob_to_key(["backbone.res2.0.branch2a.weight", "backbone.res2_0.branch2a.weight"])
 
 
-def test_backbone_names_agree_with_a_real_detectron_graph(shared_data):
+def test_backbone_names_agree_with_a_real_detectron_graph(test_data):
     """The C4 model's Caffe2 graph names the same R-50 conv blobs up to res4 (its res5 is in the head)."""
     import re
-    text = (shared_data / "detectron-c2-e2e_faster_rcnn_R-50-C4_1x" / "predict_net.pbtxt").read_text()
+    text = (test_data / "detectron-c2-e2e_faster_rcnn_R-50-C4_1x" / "predict_net.pbtxt").read_text()
     graph = {n for n in re.findall(r'input: "([^"]+)"', text) if re.match(r"(conv1|res[234]_\d+_branch\w+)_w$", n)}
     ours = {n for n in _reference_blobs("faster") if re.match(r"(conv1|res[234]_\d+_branch\w+)_w$", n)}
     assert graph == ours and len(ours) == 1 + (3 * 3 + 1) + (4 * 3 + 1) + (6 * 3 + 1)

@@ -19,8 +19,8 @@ def _run(capsys, *argv):
     return status, out, err
 
 
-def test_eval_prints_summary_and_writes_json(shared_data, tmp_path, capsys):
-    folder = shared_data / "cocoapi-fake-eval"
+def test_eval_prints_summary_and_writes_json(test_data, tmp_path, capsys):
+    folder = test_data / "cocoapi-fake-eval"
     out = tmp_path / "bbox.json"
     status, stdout, _ = _run(capsys, "eval", "--ann", folder / "instances_val2014_100.json",
                              "--dets", folder / "instances_val2014_fakebbox100_results.json", "--type", "bbox", "--out", out)
@@ -34,8 +34,8 @@ def test_eval_prints_summary_and_writes_json(shared_data, tmp_path, capsys):
                                            "stats": expected}
 
 
-def test_eval_fast_backend_flag(shared_data, tmp_path, capsys):
-    folder = shared_data / "kp-one-image-139099"
+def test_eval_fast_backend_flag(test_data, tmp_path, capsys):
+    folder = test_data / "kp-one-image-139099"
     status, stdout, _ = _run(capsys, "eval", "--ann", folder / "gt_dataset.json", "--dets", folder / "dt_dataset.json",
                              "--type", "keypoints", "--backend", "faster-coco-eval")
     assert status == 0 and "backend=faster-coco-eval" in stdout and len(stdout.splitlines()) == 11
@@ -44,8 +44,8 @@ def test_eval_fast_backend_flag(shared_data, tmp_path, capsys):
     assert stdout.splitlines()[1:] == summary_lines(Stats("keypoints", tuple(expected)))
 
 
-def test_bad_input_is_one_line_and_exit_2(shared_data, tmp_path, capsys):
-    folder = shared_data / "d2-coco-eval-2img"
+def test_bad_input_is_one_line_and_exit_2(test_data, tmp_path, capsys):
+    folder = test_data / "d2-coco-eval-2img"
     out = tmp_path / "stats.json"
     out.write_text("old")
     dets = json.loads((folder / "dt.json").read_text())
@@ -69,9 +69,9 @@ def test_bad_input_is_one_line_and_exit_2(shared_data, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dt.json", "stats.json"]
 
 
-def test_eval_empty_results(shared_data, tmp_path, capsys):
+def test_eval_empty_results(test_data, tmp_path, capsys):
     (tmp_path / "empty.json").write_text("[]")
-    folder = shared_data / "d2-coco-eval-2img"
+    folder = test_data / "d2-coco-eval-2img"
     status, stdout, _ = _run(capsys, "eval", "--ann", folder / "gt.json", "--dets", tmp_path / "empty.json", "--type", "bbox")
     assert status == 0 and stdout.splitlines()[1].endswith("= 0.000")
     # 0 where the ground truth has objects, -1 for the empty "large" area range
@@ -103,8 +103,8 @@ def test_compare_exit_status_and_output(tmp_path, capsys):
     assert status == 2 and stderr == "error: compare needs two runs, or one run and --reference detectron\n"
 
 
-def test_match_cli(shared_data, tmp_path, capsys):
-    folder = shared_data / "kp-one-image-139099"
+def test_match_cli(test_data, tmp_path, capsys):
+    folder = test_data / "kp-one-image-139099"
     dets = json.loads((folder / "dt_dataset.json").read_text())
     (tmp_path / "b.json").write_text(json.dumps(dets[:-8]))
     out = tmp_path / "report.json"
@@ -115,7 +115,7 @@ def test_match_cli(shared_data, tmp_path, capsys):
     assert report["matched"] == 120 and report["keypoint_distance"]["max"] == 0.0
     assert _run(capsys, "match", folder / "dt_dataset.json", tmp_path / "b.json", "--min-matched", "0.95")[0] == 1
     status, _, stderr = _run(capsys, "match", folder / "dt_dataset.json", tmp_path / "b.json",
-                             "--ann", shared_data / "d2-coco-eval-2img" / "gt.json")
+                             "--ann", test_data / "d2-coco-eval-2img" / "gt.json")
     assert status == 2 and "image_id 139099 is not in the ground truth" in stderr
 
 

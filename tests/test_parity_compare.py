@@ -171,7 +171,7 @@ def test_html_table_layout():
     assert '<th colspan="13" bgcolor=#f8f8f8>Box</th>' in box and box.count("<td ") == 12
 
 
-def test_load_run_forms(shared_data, tmp_path):
+def test_load_run_forms(test_data, tmp_path):
     model = "e2e_mask_rcnn_R-50-FPN_1x"
     run_dir = tmp_path / "run7"
     run_dir.mkdir()
@@ -183,7 +183,7 @@ def test_load_run_forms(shared_data, tmp_path):
     save_metrics(_metrics_like_reference(model), odd / "metrics.json")
     assert load_run(str(odd)).label == "lr=0.02"
     assert load_run(f"x={odd}").label == "x"
-    folder = shared_data / "d2-coco-eval-2img"
+    folder = test_data / "d2-coco-eval-2img"
     row = load_run(f"d2={folder / 'dt.json'}", ann=folder / "gt.json")
     assert set(row.values) == {"bbox", "segm"}  # detectron2 records carry both
     assert row.values["segm"][0] == pytest.approx(72.52475247524752)

@@ -1,4 +1,4 @@
-"""parity.evaluate against every fixture in ../shared/data: pycocotools' stats exactly,
+"""parity.evaluate against every evaluation fixture in tests/data: pycocotools' stats exactly,
 faster-coco-eval within 1e-12, and clear errors on bad input."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _expected(folder, key):
 
 
 def gt_as_detections(gt: dict, iou_type: str) -> list[dict]:
-    """The coco-mini fixture's detections: non-crowd GT re-fed with score 1 (keypoints:
+    """The coco-cc-by fixture's detections: non-crowd GT re-fed with score 1 (keypoints:
     only persons with keypoints; masks as RLE with str counts)."""
     from pycocotools.coco import COCO
 
@@ -60,24 +60,24 @@ MINI_CASES = [("instances_val2017.json", "bbox"), ("instances_val2017.json", "se
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
-def test_fixture_stats_exact(shared_data, case):
+def test_fixture_stats_exact(test_data, case):
     folder, gt, dt, iou_type, key = case
-    stats = evaluate(shared_data / folder / gt, shared_data / folder / dt, iou_type)
-    assert list(stats.stats) == _expected(shared_data / folder, key)
+    stats = evaluate(test_data / folder / gt, test_data / folder / dt, iou_type)
+    assert list(stats.stats) == _expected(test_data / folder, key)
     assert stats.names == STAT_NAMES[iou_type]
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
-def test_faster_backend_agrees(shared_data, case):
+def test_faster_backend_agrees(test_data, case):
     folder, gt, dt, iou_type, key = case
-    fast = evaluate(shared_data / folder / gt, shared_data / folder / dt, iou_type, backend="faster-coco-eval")
-    np.testing.assert_allclose(fast.stats, _expected(shared_data / folder, key), rtol=0, atol=1e-12)
+    fast = evaluate(test_data / folder / gt, test_data / folder / dt, iou_type, backend="faster-coco-eval")
+    np.testing.assert_allclose(fast.stats, _expected(test_data / folder, key), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("gt_file,iou_type", MINI_CASES)
 @pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
-def test_coco_mini_gt_as_detections(shared_data, gt_file, iou_type, backend):
-    folder = shared_data / "coco-mini-val2017"
+def test_coco_gt_as_detections(test_data, gt_file, iou_type, backend):
+    folder = test_data / "coco-cc-by"
     gt = json.loads((folder / gt_file).read_text())
     stats = evaluate(gt, gt_as_detections(gt, iou_type), iou_type, backend)
     expected = _expected(folder, f"gt_as_dt_{iou_type}")
@@ -93,9 +93,9 @@ def _published_fake_results(text: str, iou_type: str) -> list[float]:
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_cocoapi_published_numbers(shared_data, iou_type):
+def test_cocoapi_published_numbers(test_data, iou_type):
     """The 3-decimal numbers cocoapi published in results/val2014_fake_eval_res.txt."""
-    folder = shared_data / "cocoapi-fake-eval"
+    folder = test_data / "cocoapi-fake-eval"
     published = _published_fake_results((folder / "val2014_fake_eval_res.txt").read_text(), iou_type)
     dets = folder / f"instances_val2014_fake{iou_type}100_results.json"
     stats = evaluate(folder / "instances_val2014_100.json", dets, iou_type)
@@ -104,11 +104,11 @@ def test_cocoapi_published_numbers(shared_data, iou_type):
     assert [float(line.rsplit("= ", 1)[1]) for line in summary_lines(stats)] == published
 
 
-def test_summary_lines_match_pycocotools_print(shared_data):
+def test_summary_lines_match_pycocotools_print(test_data):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    folder = shared_data / "kp-one-image-139099"
+    folder = test_data / "kp-one-image-139099"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         gt = COCO(str(folder / "gt_dataset.json"))
@@ -122,8 +122,8 @@ def test_summary_lines_match_pycocotools_print(shared_data):
     assert summary_lines(stats) == expected
 
 
-def test_in_memory_numpy_records_equal_json_round_trip(shared_data):
-    folder = shared_data / "cocoapi-fake-eval"
+def test_in_memory_numpy_records_equal_json_round_trip(test_data):
+    folder = test_data / "cocoapi-fake-eval"
     records = json.loads((folder / "instances_val2014_fakebbox100_results.json").read_text())
     as_numpy = [{"image_id": np.int64(r["image_id"]), "category_id": np.int32(r["category_id"]),
                  "bbox": np.asarray(r["bbox"], np.float32), "score": np.float32(r["score"])} for r in records]
@@ -132,8 +132,8 @@ def test_in_memory_numpy_records_equal_json_round_trip(shared_data):
     assert evaluate(gt, as_numpy, "bbox") == evaluate(gt, written, "bbox")
 
 
-def test_inputs_not_modified(shared_data):
-    folder = shared_data / "d2-coco-eval-2img"
+def test_inputs_not_modified(test_data):
+    folder = test_data / "d2-coco-eval-2img"
     gt = json.loads((folder / "gt.json").read_text())
     dets = json.loads((folder / "dt.json").read_text())
     gt_before, dets_before = copy.deepcopy(gt), copy.deepcopy(dets)
@@ -143,11 +143,11 @@ def test_inputs_not_modified(shared_data):
     assert gt == gt_before and dets == dets_before
 
 
-def test_reused_pycocotools_gt_object(shared_data):
+def test_reused_pycocotools_gt_object(test_data):
     """Detectron scores bbox then segm with one COCO object; the numbers must not change."""
     from pycocotools.coco import COCO
 
-    folder = shared_data / "d2-coco-eval-2img"
+    folder = test_data / "d2-coco-eval-2img"
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(folder / "gt.json"))
     for iou_type in ("bbox", "segm", "bbox"):
@@ -157,15 +157,15 @@ def test_reused_pycocotools_gt_object(shared_data):
 @pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
 @pytest.mark.parametrize("folder,gt,iou_type", [("d2-coco-eval-2img", "gt.json", "segm"),
                                                 ("kp-one-image-139099", "gt_dataset.json", "keypoints")])
-def test_empty_detections_give_zeros(shared_data, backend, folder, gt, iou_type):
-    stats = evaluate(shared_data / folder / gt, [], iou_type, backend)
+def test_empty_detections_give_zeros(test_data, backend, folder, gt, iou_type):
+    stats = evaluate(test_data / folder / gt, [], iou_type, backend)
     # 0 wherever the ground truth has objects, -1 for area ranges without any (here: large in d2)
     expected = [0.0] * 10 if iou_type == "keypoints" else [0.0] * 5 + [-1.0] + [0.0] * 5 + [-1.0]
     assert list(stats.stats) == expected
 
 
-def _d2(shared_data):
-    folder = shared_data / "d2-coco-eval-2img"
+def _d2(test_data):
+    folder = test_data / "d2-coco-eval-2img"
     return json.loads((folder / "gt.json").read_text()), json.loads((folder / "dt.json").read_text())
 
 
@@ -181,16 +181,16 @@ def _d2(shared_data):
     (lambda r: r["segmentation"].update(size=[10, 10]), "segm", "size [10, 10] differs from the image size [426, 640]"),
     (lambda r: r.update(segmentation=[[1, 2, 3, 4, 5, 6]]), "segm", "must be a compressed RLE"),
 ])
-def test_bad_records_name_the_record(shared_data, change, iou_type, message):
-    gt, dets = _d2(shared_data)
+def test_bad_records_name_the_record(test_data, change, iou_type, message):
+    gt, dets = _d2(test_data)
     change(dets[1])
     with pytest.raises(InputError, match=re.escape(message)) as err:
         evaluate(gt, dets, iou_type, source="dt.json")
     assert str(err.value).startswith("dt.json: record 1 ")
 
 
-def test_bad_inputs(shared_data, tmp_path):
-    gt, dets = _d2(shared_data)
+def test_bad_inputs(test_data, tmp_path):
+    gt, dets = _d2(test_data)
     with pytest.raises(InputError, match="missing.json: ground truth not found"):
         evaluate(tmp_path / "missing.json", dets, "bbox")
     (tmp_path / "gt.json").write_text('{"images": [')

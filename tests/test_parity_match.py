@@ -107,10 +107,10 @@ def test_min_score_and_min_iou():
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools' mask.decode
-def test_segm_fixture_against_pycocotools_iou(shared_data):
+def test_segm_fixture_against_pycocotools_iou(test_data):
     from pycocotools import mask as mask_util
 
-    path = shared_data / "cocoapi-fake-eval" / "instances_val2014_fakesegm100_results.json"
+    path = test_data / "cocoapi-fake-eval" / "instances_val2014_fakesegm100_results.json"
     a = json.loads(path.read_text())
     b = copy.deepcopy(a[10:])
     big = int(np.argmax([mask_util.area(r["segmentation"]) for r in b]))
@@ -126,8 +126,8 @@ def test_segm_fixture_against_pycocotools_iou(shared_data):
     assert report.worst_images[0].unmatched > 0
 
 
-def test_keypoint_fixture_distance(shared_data, tmp_path):
-    folder = shared_data / "kp-one-image-139099"
+def test_keypoint_fixture_distance(test_data, tmp_path):
+    folder = test_data / "kp-one-image-139099"
     a = json.loads((folder / "dt_dataset.json").read_text())
     b = copy.deepcopy(a)
     for rec in b:
@@ -139,7 +139,7 @@ def test_keypoint_fixture_distance(shared_data, tmp_path):
     assert report.score_diff.max == 0.0
 
 
-def test_match_files_picks_common_type(shared_data):
-    path = shared_data / "d2-coco-eval-2img" / "dt.json"
+def test_match_files_picks_common_type(test_data):
+    path = test_data / "d2-coco-eval-2img" / "dt.json"
     assert match_files(path, path).iou_type == "segm"
     assert match_files(path, path, iou_type="bbox").identical == 3
