@@ -28,23 +28,23 @@ MINI_JSON = {"mask": "instances_val2017.json", "keypoint": "person_keypoints_val
 CONFIGS = ("mask", "keypoint")
 
 
-def training_roidb(shared_data: Path, which: str) -> list[RoidbEntry]:
-    mini = shared_data / "coco-mini-val2017"
+def training_roidb(data: Path, which: str, folder: str = "coco-mini-val2017") -> list[RoidbEntry]:
+    mini = data / folder
     return combined_roidb_for_training([COCODataset(mini / MINI_JSON[which], mini / "val2017")],
                                        keypoints_on=(which == "keypoint"))
 
 
 @pytest.fixture(scope="module")
-def mask_roidb(shared_data: Path) -> list[RoidbEntry]:
-    return training_roidb(shared_data, "mask")
+def mask_roidb(test_data: Path) -> list[RoidbEntry]:
+    """The shipped 4 CC BY images (8 entries with the flipped ones)."""
+    return training_roidb(test_data, "mask", "coco-cc-by")
 
 
 def sizes(roidb: list[RoidbEntry]) -> tuple[list[int], list[int]]:
     return [e.width for e in roidb], [e.height for e in roidb]
 
 
-@pytest.mark.parametrize("which", CONFIGS)
-def test_order_matches_detectron(shared_data: Path, which: str) -> None:
+def order_matches_detectron(shared_data: Path, which: str) -> None:
     """Seed 3: two epochs of _shuffle_roidb_inds and 2.5 epochs of _get_next_minibatch_inds."""
     roidb = training_roidb(shared_data, which)
     g = golden.npz(f"roidb_{which}")
@@ -58,8 +58,7 @@ def test_order_matches_detectron(shared_data: Path, which: str) -> None:
     assert schedule.minibatch(0).tolist() == g["order_minibatches"][0].tolist()  # random access goes back
 
 
-@pytest.mark.parametrize("which", CONFIGS)
-def test_order_without_aspect_grouping_wraps_like_detectron(shared_data: Path, which: str) -> None:
+def order_without_aspect_grouping_wraps_like_detectron(shared_data: Path, which: str) -> None:
     """An odd number of entries: the last minibatch of an epoch takes the first index again."""
     g = golden.npz(f"roidb_{which}")
     roidb = training_roidb(shared_data, which)[: len(g["order_noaspect_perm0"])]
@@ -79,9 +78,7 @@ def test_aspect_groups() -> None:
         MinibatchSchedule([10, 5], [5, 10], ims_per_batch=2)
 
 
-@pytest.mark.parametrize("which", CONFIGS)
-@pytest.mark.parametrize("blob", ["blob0_", "blob1_"])
-def test_minibatch_blob_matches_detectron(shared_data: Path, which: str, blob: str) -> None:
+def minibatch_blob_matches_detectron(shared_data: Path, which: str, blob: str) -> None:
     """get_minibatch after np.random.seed(seed): scale draw, blob bytes, im_info (one landscape
     pair with a flipped image, one portrait pair; 800 for the mask config, 640..800 for keypoints)."""
     g = golden.npz(f"roidb_{which}")
@@ -97,6 +94,15 @@ def test_minibatch_blob_matches_detectron(shared_data: Path, which: str, blob: s
     assert batch.im_info.numpy().tobytes() == g[blob + "im_info"].tobytes()
     _, im_scales = get_image_blob(entries, g[blob + "scale_inds"], scales, int(g["train_max_size"]))
     assert np.array(im_scales).tobytes() == g[blob + "im_scales"].tobytes()
+
+
+def test_coco_mini_goldens(shared_data: Path) -> None:
+    """Detectron's order and blobs on the 79 coco-mini images: one test, as it needs ../shared."""
+    for which in CONFIGS:
+        order_matches_detectron(shared_data, which)
+        order_without_aspect_grouping_wraps_like_detectron(shared_data, which)
+        for blob in ("blob0_", "blob1_"):
+            minibatch_blob_matches_detectron(shared_data, which, blob)
 
 
 def test_train_batch_fields(mask_roidb: list[RoidbEntry]) -> None:
