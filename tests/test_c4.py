@@ -28,12 +28,12 @@ from tests.golden import js, npz
 CONFIGS = {kind: REPO_ROOT / f"configs/12_2017_baselines/e2e_{kind}_rcnn_R-50-C4_1x.yaml" for kind in ("faster", "mask")}
 # Small scale and few RoIs: the res5 head runs per RoI (the real 800/1333 path runs once, below).
 SMALL = ["TEST.SCALE", "224", "TEST.MAX_SIZE", "533", "TEST.RPN_PRE_NMS_TOP_N", "1000", "TEST.RPN_POST_NMS_TOP_N", "100"]
-IMAGES = ["000000000139.jpg", "000000018575.jpg"]
+IMAGES = ["000000397133.jpg", "000000553664.jpg"]   # shipped, CC BY (tests/data)
 GRAPH = "detectron-c2-e2e_faster_rcnn_R-50-C4_1x/predict_net.pbtxt"
 
 
-def _image(shared_data, name):
-    return read_image(shared_data / "coco-mini-val2017" / "val2017" / name)
+def _image(data, name, folder="coco-cc-by"):
+    return read_image(data / folder / "val2017" / name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def _graph_ops(text: str) -> list[tuple[str, list[str]]]:
     return ops
 
 
-def test_names_equal_the_real_detectron_graph_up_to_bn_folding(shared_data):
+def test_names_equal_the_real_detectron_graph_up_to_bn_folding(test_data):
     """116 parameter blobs in the exported graph; ours are those plus the 53 ``*_bn_s``.
 
     The exporter folded each AffineChannel ``y = conv(x) * s + b`` into its (bias-free) conv:
@@ -57,7 +57,7 @@ def test_names_equal_the_real_detectron_graph_up_to_bn_folding(shared_data):
     So the only difference is exactly one ``_bn_s`` per ResNet conv, and each ``_bn_b`` is the
     bias of the conv whose weight is ``<conv>_w``.
     """
-    text = (shared_data / GRAPH).read_text()
+    text = (test_data / GRAPH).read_text()
     ops = _graph_ops(text)
     outputs = set(re.findall(r'output: "([^"]+)"', text))
     graph = {name for _, inputs in ops for name in inputs} - outputs - {"data", "im_info", "anchor"}
@@ -137,11 +137,21 @@ def test_mask_rois_from_c4_boxes():
     np.testing.assert_array_equal(out.numpy(), g["mask_rois"])
 
 
-@pytest.mark.parametrize("run", js("c4_preprocess")["runs"], ids=lambda r: f"{r['file']}@{r['target_scale']}")
-def test_c4_blob_is_not_padded(shared_data, run):
+@pytest.mark.parametrize("run", js("c4_preprocess_cc_by")["runs"], ids=lambda r: f"{r['file']}@{r['target_scale']}")
+def test_c4_blob_is_not_padded(test_data, run):
+    check_c4_blob(_image(test_data, run["file"]), run)
+
+
+def test_c4_blob_is_not_padded_on_coco_mini(shared_data):
+    """c4_preprocess's 3 runs on coco-mini, one test: it needs ../shared."""
+    for run in js("c4_preprocess")["runs"]:
+        check_c4_blob(_image(shared_data, run["file"], "coco-mini-val2017"), run)
+
+
+def check_c4_blob(im, run):
     cfg = load_cfg(CONFIGS["faster"], ["TEST.SCALE", str(run["target_scale"]), "TEST.MAX_SIZE", str(run["max_size"])])
     det = Detector(torch.nn.Identity(), cfg)   # only its preprocessing is used
-    p = det.prepare(_image(shared_data, run["file"]))
+    p = det.prepare(im)
     assert det.blob_stride == 1
     blob = images_to_blob([p.data], det.blob_stride)
     assert list(blob.shape) == run["blob_shape"]
@@ -221,12 +231,12 @@ def test_roialign_sampling_ratio_0_is_caffe2s_adaptive_grid():
 # End to end with calibrated synthetic weights
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def c4_pkls(shared_data, tmp_path_factory):
+def c4_pkls(test_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("c4_pkls")
     paths = {}
     for kind, cfg_path in CONFIGS.items():
         paths[kind] = out / f"c4_{kind}.pkl"
-        write_synthetic_detectron_pkl(load_cfg(cfg_path, SMALL), _image(shared_data, IMAGES[0]), str(paths[kind]),
+        write_synthetic_detectron_pkl(load_cfg(cfg_path, SMALL), _image(test_data, IMAGES[0]), str(paths[kind]),
                                       with_extras=(kind == "mask"))
     return paths
 
@@ -238,7 +248,7 @@ def c4_models(c4_pkls):
 
 
 @pytest.mark.parametrize("kind", ["faster", "mask"])
-def test_c4_runs_end_to_end(kind, shared_data, c4_pkls, c4_models):
+def test_c4_runs_end_to_end(kind, test_data, c4_pkls, c4_models):
     pkl = read_detectron_pkl(c4_pkls[kind])
     file_kind = detect_kind(pkl.shapes)
     assert file_kind.family == f"e2e_{kind}_rcnn_R-50-C4"
@@ -248,7 +258,7 @@ def test_c4_runs_end_to_end(kind, shared_data, c4_pkls, c4_models):
     assert info.format == "detectron-pkl" and isinstance(model, ResNetC4RCNN)
     params = {b for b in pkl.blobs if orphan_group(b) is None}
     assert params == {key_to_blob(k) for k in model.state_dict()} and len(params) == (173 if kind == "mask" else 169)
-    images = [_image(shared_data, f) for f in IMAGES]
+    images = [_image(test_data, f) for f in IMAGES]
     results = Detector(model, cfg)(images)
     for im, d in zip(images, results):
         assert (d.height, d.width) == im.shape[:2]
@@ -287,16 +297,16 @@ def test_c4_mask_head_recomputes_the_shared_res5(c4_models):
     torch.testing.assert_close(logits, manual, rtol=0, atol=0)
 
 
-def test_c4_mask_full_scale_800_1333(shared_data, c4_models):
-    """Detectron's real C4 test settings once: 800/1333, RPN 6000/1000, unpadded 800x1202 blob.
+def test_c4_mask_full_scale_800_1333(test_data, c4_models):
+    """Detectron's real C4 test settings once: 800/1333, RPN 6000/1000, unpadded 800x1199 blob.
     (The loaded model is reused: the test settings are the Detector's, the layers are the same.)"""
     cfg = load_cfg(CONFIGS["mask"])
     assert (cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.TEST.RPN_PRE_NMS_TOP_N, cfg.TEST.RPN_POST_NMS_TOP_N) == \
         (800, 1333, 6000, 1000)
     model, _ = c4_models["mask"]
     det = Detector(model, cfg)
-    im = _image(shared_data, IMAGES[0])
-    assert det.prepare(im).data.shape[:2] == (800, 1202)
+    im = _image(test_data, IMAGES[0])
+    assert det.prepare(im).data.shape[:2] == (800, 1199)
     d = det([im])[0]
     assert 60 <= len(d) <= 110 and len(d.masks) == len(d) and len(np.unique(d.scores)) == len(d)
 

@@ -7,13 +7,24 @@ import pytest
 from rcnn.data.preprocess import ImageReadError, compute_scale, images_to_blob, prepare, read_image
 from tests.golden import js
 
-RUNS = js("preprocess")["runs"]
+# preprocess_cc_by: on the shipped CC BY images (tests/data); preprocess: on coco-mini (../shared/data).
+RUNS = js("preprocess_cc_by")["runs"]
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[f"{r['file']}@{r['target_scale']}/{r['max_size']}" for r in RUNS])
-def test_blob_matches_detectron(shared_data, run):
-    im = read_image(shared_data / js("preprocess")["image_dir_relative_to_shared_data"] / run["file"])
-    assert list(im.shape) == run["image_hwc_shape"]
+def test_blob_matches_detectron(test_data, run):
+    check_blob(read_image(test_data / js("preprocess_cc_by")["image_dir_relative_to_tests_data"] / run["file"]), run)
+
+
+def test_blob_matches_detectron_on_coco_mini(shared_data):
+    """The first golden's 7 runs, one test: it needs ../shared."""
+    g = js("preprocess")
+    for run in g["runs"]:
+        check_blob(read_image(shared_data / g["image_dir_relative_to_shared_data"] / run["file"]), run)
+
+
+def check_blob(im, run):
+    assert list(im.shape) == run["image_hwc_shape"], run["file"]
     assert hashlib.sha256(im.tobytes()).hexdigest() == run["image_sha256"], "JPEG decoder differs"
     p = prepare(im, run["target_scale"], run["max_size"])
     assert repr(p.scale) == run["im_scale_repr"]

@@ -1,4 +1,4 @@
-"""tools/test_net.py on real COCO images with synthetic Detectron weights: result files,
+"""tools/test_net.py on the shipped CC BY COCO images (tests/data) with synthetic Detectron weights: result files,
 metrics.json, resume after a kill, and 2 gloo processes == 1 process."""
 import json
 import os
@@ -17,9 +17,9 @@ PY = sys.executable
 TEST_NET = str(REPO_ROOT / "tools" / "test_net.py")
 
 
-def _dataset_args(shared_data, kind):
+def _dataset_args(test_data, kind):
     ann = "person_keypoints_val2017.json" if kind == "keypoint" else "instances_val2017.json"
-    mini = shared_data / "coco-mini-val2017"
+    mini = test_data / "coco-cc-by"
     return ["--json", str(mini / ann), "--images", str(mini / "val2017")]
 
 
@@ -30,16 +30,16 @@ def _run(args, env=None, check=True):
     return proc
 
 
-def _common(kind, shared_data, pkls, out, limit=3):
-    return ["--cfg", str(CONFIGS[kind]), "--load_detectron", str(pkls[kind]), *_dataset_args(shared_data, kind),
+def _common(kind, test_data, pkls, out, limit=3):
+    return ["--cfg", str(CONFIGS[kind]), "--load_detectron", str(pkls[kind]), *_dataset_args(test_data, kind),
             "--output_dir", str(out), "--limit", str(limit), "--set", *SMALL]
 
 
 @pytest.fixture(scope="module")
-def runs(shared_data, synthetic_pkls, tmp_path_factory):
+def runs(test_data, synthetic_pkls, tmp_path_factory):
     out = tmp_path_factory.mktemp("test_net")
     for kind in ("faster", "mask", "keypoint"):
-        _run(_common(kind, shared_data, synthetic_pkls, out / kind))
+        _run(_common(kind, test_data, synthetic_pkls, out / kind))
     return out
 
 
@@ -47,9 +47,9 @@ FILES = {"faster": ["bbox"], "mask": ["bbox", "segmentations"], "keypoint": ["bb
 
 
 @pytest.mark.parametrize("kind", ["faster", "mask", "keypoint"])
-def test_result_files_and_metrics(kind, runs, shared_data):
+def test_result_files_and_metrics(kind, runs, test_data):
     out = runs / kind
-    ann = _dataset_args(shared_data, kind)[1]
+    ann = _dataset_args(test_data, kind)[1]
     gt = COCO(ann)
     first3 = sorted(gt.getImgIds())[:3]
     for prefix in FILES[kind]:
@@ -72,16 +72,16 @@ def test_result_files_and_metrics(kind, runs, shared_data):
     assert "torch" in prov["versions"] and "TEST:" in prov["config"]
 
 
-def test_resume_after_kill_gives_the_same_files(runs, shared_data, synthetic_pkls, tmp_path):
+def test_resume_after_kill_gives_the_same_files(runs, test_data, synthetic_pkls, tmp_path):
     """A run killed after 2 images, resumed, equals the uninterrupted run byte for byte."""
     out = tmp_path / "resumed"
-    _run(_common("mask", shared_data, synthetic_pkls, out, limit=2))
+    _run(_common("mask", test_data, synthetic_pkls, out, limit=2))
     partial = out / "partial" / "detections.rank0.jsonl"
     data = partial.read_bytes()
     partial.write_bytes(data + data.splitlines(keepends=True)[0][:100])   # a line cut by the kill
     for f in out.glob("*.json"):
         f.unlink()
-    proc = _run(_common("mask", shared_data, synthetic_pkls, out, limit=3) + ["--resume"])
+    proc = _run(_common("mask", test_data, synthetic_pkls, out, limit=3) + ["--resume"])
     assert "incomplete last line" in proc.stderr
     lines = partial.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line) for line in lines)
@@ -89,7 +89,7 @@ def test_resume_after_kill_gives_the_same_files(runs, shared_data, synthetic_pkl
         assert (out / name).read_bytes() == (runs / "mask" / name).read_bytes()
 
 
-def test_two_gloo_processes_equal_one(shared_data, synthetic_pkls, tmp_path):
+def test_two_gloo_processes_equal_one(test_data, synthetic_pkls, tmp_path):
     """Sharded over 2 processes, merged on rank 0: the same files as 1 process.
 
     Both use one thread per process: CPU conv kernels round differently with another
@@ -97,11 +97,11 @@ def test_two_gloo_processes_equal_one(shared_data, synthetic_pkls, tmp_path):
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single"
-    _run(_common("mask", shared_data, synthetic_pkls, single), env=env)
+    _run(_common("mask", test_data, synthetic_pkls, single), env=env)
     torchrun = shutil.which("torchrun", path=os.path.dirname(PY))
     out = tmp_path / "dist"
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", TEST_NET,
-                           *_common("mask", shared_data, synthetic_pkls, out), "--device", "cpu"],
+                           *_common("mask", test_data, synthetic_pkls, out), "--device", "cpu"],
                           capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (out / "partial").iterdir()) == ["detections.rank0.jsonl", "detections.rank1.jsonl"]
@@ -117,10 +117,10 @@ def test_two_gloo_processes_equal_one(shared_data, synthetic_pkls, tmp_path):
     ("no data root", ["--dataset", "coco2017"], "DETECTRON_DATA_ROOT"),
     ("missing weights", None, "does not exist"),
 ])
-def test_bad_input_exits_2_with_one_line(case, args, message, shared_data, synthetic_pkls, tmp_path):
+def test_bad_input_exits_2_with_one_line(case, args, message, test_data, synthetic_pkls, tmp_path):
     base = ["--cfg", str(CONFIGS["faster"]), "--output_dir", str(tmp_path / "o"), "--set", *SMALL]
     if args is None:
-        args = ["--load_detectron", str(tmp_path / "none.pkl"), *_dataset_args(shared_data, "faster")]
+        args = ["--load_detectron", str(tmp_path / "none.pkl"), *_dataset_args(test_data, "faster")]
     else:
         args = ["--load_detectron", str(synthetic_pkls["faster"]), *args]
     env = {k: v for k, v in os.environ.items() if k != "DETECTRON_DATA_ROOT"}
@@ -132,30 +132,30 @@ def test_bad_input_exits_2_with_one_line(case, args, message, shared_data, synth
     assert err[-1].startswith("error: ") and message in err[-1]
 
 
-def test_unreadable_image_exits_2(shared_data, synthetic_pkls, tmp_path):
+def test_unreadable_image_exits_2(test_data, synthetic_pkls, tmp_path):
     images = tmp_path / "images"
-    shutil.copytree(shared_data / "coco-mini-val2017" / "val2017", images)
-    first = min(COCO(str(shared_data / "coco-mini-val2017" / "instances_val2017.json")).imgs.values(),
+    shutil.copytree(test_data / "coco-cc-by" / "val2017", images)
+    first = min(COCO(str(test_data / "coco-cc-by" / "instances_val2017.json")).imgs.values(),
                 key=lambda im: im["id"])
     (images / first["file_name"]).write_bytes(b"broken")
     proc = _run(["--cfg", str(CONFIGS["faster"]), "--load_detectron", str(synthetic_pkls["faster"]),
-                 "--json", str(shared_data / "coco-mini-val2017" / "instances_val2017.json"),
+                 "--json", str(test_data / "coco-cc-by" / "instances_val2017.json"),
                  "--images", str(images), "--output_dir", str(tmp_path / "o"), "--limit", "1", "--set", *SMALL],
                 check=False)
     assert proc.returncode == 2 and "not a readable image" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_wrong_model_family_exits_2(shared_data, synthetic_pkls, tmp_path):
+def test_wrong_model_family_exits_2(test_data, synthetic_pkls, tmp_path):
     """Keypoint weights (2 classes) with the Mask R-CNN config: a clear error, not a traceback."""
     proc = _run(["--cfg", str(CONFIGS["mask"]), "--load_detectron", str(synthetic_pkls["keypoint"]),
-                 *_dataset_args(shared_data, "mask"), "--output_dir", str(tmp_path / "o"), "--set", *SMALL],
+                 *_dataset_args(test_data, "mask"), "--output_dir", str(tmp_path / "o"), "--set", *SMALL],
                 check=False)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "keypoint" in last.lower()
 
 
-def _eval_only(shared_data, tmp_path, kind, gt, dets, opts=()):
+def _eval_only(test_data, tmp_path, kind, gt, dets, opts=()):
     out = tmp_path / "reval"
     out.mkdir()
     prefixes = {"bbox": "bbox", "segm": "segmentations", "keypoints": "keypoints"}
@@ -174,22 +174,22 @@ def _eval_only(shared_data, tmp_path, kind, gt, dets, opts=()):
     ("d2-coco-eval-2img", "mask", "gt.json", {"bbox": "dt.json", "segm": "dt.json"}, ("MODEL.NUM_CLASSES", "3")),
     ("kp-one-image-139099", "keypoint", "gt_dataset.json", {"keypoints": "dt_dataset.json"}, ()),
 ])
-def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, shared_data, tmp_path):
-    folder = shared_data / fixture
+def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, test_data, tmp_path):
+    folder = test_data / fixture
     expected = json.loads((folder / "expected_stats.json").read_text())["stats"]
-    proc, out = _eval_only(shared_data, tmp_path, kind, folder / gt, {t: folder / f for t, f in dets.items()}, opts)
+    proc, out = _eval_only(test_data, tmp_path, kind, folder / gt, {t: folder / f for t, f in dets.items()}, opts)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = load_metrics(out / "metrics.json")
     for iou_type in dets:
         assert list(metrics.by_type()[iou_type].stats) == expected[iou_type]
 
 
-def test_results_for_images_not_in_gt_exit_2(shared_data, tmp_path):
-    folder = shared_data / "d2-coco-eval-2img"
+def test_results_for_images_not_in_gt_exit_2(test_data, tmp_path):
+    folder = test_data / "d2-coco-eval-2img"
     bad = json.loads((folder / "dt.json").read_text())
     bad[0]["image_id"] = 999999
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    proc, _ = _eval_only(shared_data, tmp_path, "mask", folder / "gt.json", {"bbox": tmp_path / "bad.json"},
+    proc, _ = _eval_only(test_data, tmp_path, "mask", folder / "gt.json", {"bbox": tmp_path / "bad.json"},
                          ("MODEL.NUM_CLASSES", "3"))
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
