@@ -138,23 +138,23 @@ def test_bad_annotation_files(tmp_path: Path) -> None:
         COCODataset(broken, tmp_path)
 
 
-def test_coco_mini_val2017_instances(shared_data: Path) -> None:
-    root = shared_data / "coco-mini-val2017"
+def test_coco_val2017_instances(test_data: Path) -> None:
+    """The shipped CC BY subset of coco-mini: its file keeps all 80 categories."""
+    root = test_data / "coco-cc-by"
     dataset = COCODataset(root / "instances_val2017.json", root / "val2017")
     assert dataset.classes == list(COCO_CLASSES) and dataset.num_classes == 81
     assert dataset.contiguous_id_to_category_id == dict(enumerate(COCO_CATEGORY_IDS, 1))
     assert dataset.contiguous_id_to_category_id[1] == 1 and dataset.contiguous_id_to_category_id[80] == 90
     assert dataset.category_id_to_contiguous_id[13] == 12  # stop sign: id 12 does not exist
     assert all(dataset.category_id_to_contiguous_id[c] == j for j, c in dataset.contiguous_id_to_category_id.items())
-    assert len(dataset.image_ids) == 79 and dataset.image_ids == sorted(dataset.image_ids)
-    assert dataset.image_ids[:2] == [139, 802]
-    assert dataset.image_path(139) == root / "val2017/000000000139.jpg"
+    assert dataset.image_ids == [183709, 255165, 397133, 553664]   # sorted, not the JSON's order
+    assert dataset.image_path(183709) == root / "val2017/000000183709.jpg"
     assert all(dataset.image_path(i).is_file() for i in dataset.image_ids)
     assert dataset.keypoint_names is None
 
 
-def test_coco_mini_val2017_keypoints(shared_data: Path) -> None:
-    root = shared_data / "coco-mini-val2017"
+def test_coco_val2017_keypoints(test_data: Path) -> None:
+    root = test_data / "coco-cc-by"
     dataset = COCODataset(root / "person_keypoints_val2017.json", root / "val2017")
     assert dataset.classes == ["__background__", "person"]
     keypoint_cfg = load_cfg(REPO / "configs/12_2017_baselines/e2e_keypoint_rcnn_R-50-FPN_1x.yaml")

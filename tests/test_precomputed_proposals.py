@@ -62,7 +62,7 @@ def fast_model(synthetic_pkls, tmp_path_factory):
     return cfg, load_model(cfg, load_detectron=str(path))[0], path
 
 
-def test_detector_box_path_on_golden_rois(fast_model, golden, shared_data, fixtures_dir):
+def test_detector_box_path_on_golden_rois(fast_model, golden, test_data, fixtures_dir):
     """Detector(proposals) == the box head on Detectron's deduplicated golden RoIs, then Detectron's
     decode (from the *proposals*), clip, NMS and cap: the same detections bit for bit."""
     cfg, model, _ = fast_model
@@ -71,9 +71,9 @@ def test_detector_box_path_on_golden_rois(fast_model, golden, shared_data, fixtu
     cfg.TEST.PROPOSAL_LIMIT = int(golden["proposal_limit"])
     cfg.TEST.SCORE_THRESH = 0.0   # the golden proposals are random boxes: keep low scores too
     cfg.freeze()
-    mini = COCODataset(shared_data / "coco-mini-val2017/instances_val2017.json", shared_data / "coco-mini-val2017/val2017")
+    mini = COCODataset(test_data / "coco-cc-by/instances_val2017.json", test_data / "coco-cc-by/val2017")
     pf = read_proposal_file(fixtures_dir / "golden" / "proposals_coco_mini.pkl")
-    k = 3
+    k = 54   # image 397133, shipped (tests/data)
     image_id = int(golden["image_ids"][k])
     im = read_image(mini.image_path(image_id))
     detector = Detector(model, cfg)
