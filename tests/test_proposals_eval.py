@@ -39,7 +39,7 @@ def test_detectron_written_file_reads_back(golden):
     assert all(b.dtype == np.float32 and b.shape == (len(s), 4) for b, s in zip(pf.boxes, pf.scores))
 
 
-def test_box_proposal_stats_exact(mini, golden):
+def box_proposal_stats_exact(mini, golden):
     gt, props = _eval_inputs(mini, golden)
     assert [len(p) for p in props] == golden["eval"]["eval_proposals_per_image"]
     stats = box_proposal_stats(gt, props)
@@ -51,7 +51,7 @@ def test_box_proposal_stats_exact(mini, golden):
         assert got["recalls"].tolist() == want["recalls"] and got["gt_overlaps"].tolist() == want["gt_overlaps"], key
 
 
-def test_evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
+def evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
     pf = read_proposal_file(golden["pkl"])
     path = tmp_path / "rpn_proposals.pkl"
     write_proposal_file(path, pf.boxes, pf.scores, pf.ids, "MODEL:\n  RPN_ONLY: true\n")
@@ -61,7 +61,7 @@ def test_evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
     assert list(stats.stats) == [v for _, v in golden["eval"]["box_proposal"]]
 
 
-def test_test_time_roidb_exact(mini, golden):
+def roidb_at_test_time_exact(mini, golden):
     """``get_roidb(proposal_file, proposal_limit=120)``: clip, unique_boxes, filter_small_boxes(2), top 120."""
     g = golden["test"]
     ids = g["image_ids"].tolist()
@@ -71,7 +71,7 @@ def test_test_time_roidb_exact(mini, golden):
         assert props[i].dtype == np.float32 and np.array_equal(props[i], g[f"boxes_{k}"]), i
 
 
-def test_missing_and_repeated_images_refused(mini, golden, tmp_path):
+def test_missing_and_repeated_images_refused(golden, tmp_path):
     pf = read_proposal_file(golden["pkl"])
     with pytest.raises(ConvertError, match="no proposals for 1 of the 2 images"):
         proposals_for_images(pf, [(pf.ids[0], 10, 10), (123, 10, 10)], "x.pkl")
@@ -80,7 +80,7 @@ def test_missing_and_repeated_images_refused(mini, golden, tmp_path):
         proposals_for_images(pf, [(pf.ids[0], 10, 10)], "x.pkl")
 
 
-def test_parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys):
+def parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys):
     from parity.__main__ import main
 
     ann = shared_data / "coco-mini-val2017" / "instances_val2017.json"
@@ -89,3 +89,11 @@ def test_parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1] == "AR@100  : 0.672"
     assert json.loads(out.read_text())["stats"] == [v for _, v in golden["eval"]["box_proposal"]]
     assert main(["eval", "--ann", str(ann)]) == 2 and "--proposals" in capsys.readouterr().err
+
+
+def test_coco_mini_goldens(mini, shared_data, golden, tmp_path, capsys):
+    """The goldens recorded on the 79 coco-mini images: one test, as it needs ../shared."""
+    box_proposal_stats_exact(mini, golden)
+    evaluate_proposal_file_and_round_trip(mini, golden, tmp_path)
+    roidb_at_test_time_exact(mini, golden)
+    parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys)
