@@ -21,9 +21,10 @@ def golden(fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def mini(shared_data):
-    d = shared_data / "coco-mini-val2017"
-    return COCODataset(d / "instances_val2017.json", d / "val2017")
+def mini(test_data):
+    """coco-mini's annotations (shipped; its images are not, and these tests do not read them)."""
+    d = test_data / "coco-mini-annotations"
+    return COCODataset(d / "instances_val2017.json", d)
 
 
 def _eval_inputs(mini, golden):
@@ -39,7 +40,7 @@ def test_detectron_written_file_reads_back(golden):
     assert all(b.dtype == np.float32 and b.shape == (len(s), 4) for b, s in zip(pf.boxes, pf.scores))
 
 
-def box_proposal_stats_exact(mini, golden):
+def test_box_proposal_stats_exact(mini, golden):
     gt, props = _eval_inputs(mini, golden)
     assert [len(p) for p in props] == golden["eval"]["eval_proposals_per_image"]
     stats = box_proposal_stats(gt, props)
@@ -51,7 +52,7 @@ def box_proposal_stats_exact(mini, golden):
         assert got["recalls"].tolist() == want["recalls"] and got["gt_overlaps"].tolist() == want["gt_overlaps"], key
 
 
-def evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
+def test_evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
     pf = read_proposal_file(golden["pkl"])
     path = tmp_path / "rpn_proposals.pkl"
     write_proposal_file(path, pf.boxes, pf.scores, pf.ids, "MODEL:\n  RPN_ONLY: true\n")
@@ -61,7 +62,7 @@ def evaluate_proposal_file_and_round_trip(mini, golden, tmp_path):
     assert list(stats.stats) == [v for _, v in golden["eval"]["box_proposal"]]
 
 
-def roidb_at_test_time_exact(mini, golden):
+def test_test_time_roidb_exact(mini, golden):
     """``get_roidb(proposal_file, proposal_limit=120)``: clip, unique_boxes, filter_small_boxes(2), top 120."""
     g = golden["test"]
     ids = g["image_ids"].tolist()
@@ -80,20 +81,12 @@ def test_missing_and_repeated_images_refused(golden, tmp_path):
         proposals_for_images(pf, [(pf.ids[0], 10, 10)], "x.pkl")
 
 
-def parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys):
+def test_parity_eval_proposals_cli(test_data, golden, tmp_path, capsys):
     from parity.__main__ import main
 
-    ann = shared_data / "coco-mini-val2017" / "instances_val2017.json"
+    ann = test_data / "coco-mini-annotations" / "instances_val2017.json"
     out = tmp_path / "ar.json"
     assert main(["eval", "--ann", str(ann), "--proposals", str(golden["pkl"]), "--out", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "AR@100  : 0.672"
     assert json.loads(out.read_text())["stats"] == [v for _, v in golden["eval"]["box_proposal"]]
     assert main(["eval", "--ann", str(ann)]) == 2 and "--proposals" in capsys.readouterr().err
-
-
-def test_coco_mini_goldens(mini, shared_data, golden, tmp_path, capsys):
-    """The goldens recorded on the 79 coco-mini images: one test, as it needs ../shared."""
-    box_proposal_stats_exact(mini, golden)
-    evaluate_proposal_file_and_round_trip(mini, golden, tmp_path)
-    roidb_at_test_time_exact(mini, golden)
-    parity_eval_proposals_cli(shared_data, golden, tmp_path, capsys)

@@ -37,27 +37,30 @@ MINI_JSON = {"mask": "instances_val2017.json", "keypoint": "person_keypoints_val
 CONFIGS = ("mask", "keypoint")
 
 
-def mini_dataset(data: Path, which: str, folder: str = "coco-mini-val2017") -> COCODataset:
-    mini = data / folder
-    return COCODataset(mini / MINI_JSON[which], mini / "val2017")
-
-
 @pytest.fixture(scope="module")
-def edge_images(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The edge file's 5 images: 397133 is shipped (tests/data); the roidb reads only the JSON's
-    sizes, so the other 4 are gray JPEGs of their annotated size."""
-    out = tmp_path_factory.mktemp("edge_images")
-    for im in json.loads(EDGE_JSON.read_text())["images"]:
+def mini(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """coco-mini's annotations (shipped) beside a ``val2017`` of its 79 images: the 4 CC BY ones
+    (shipped), the rest gray JPEGs of their annotated size. The roidb reads only the JSON's sizes
+    (as Detectron's), and skips entries whose image file is missing."""
+    out = tmp_path_factory.mktemp("coco_mini")
+    (out / "val2017").mkdir()
+    for name in MINI_JSON.values():
+        shutil.copy(test_data / "coco-mini-annotations" / name, out)
+    for im in json.loads((out / MINI_JSON["mask"]).read_text())["images"]:
         shipped = test_data / "coco-cc-by" / "val2017" / im["file_name"]
         if shipped.is_file():
-            shutil.copy(shipped, out)
+            shutil.copy(shipped, out / "val2017")
         else:
-            cv2.imwrite(str(out / im["file_name"]), np.full((im["height"], im["width"], 3), 128, np.uint8))
+            cv2.imwrite(str(out / "val2017" / im["file_name"]), np.full((im["height"], im["width"], 3), 128, np.uint8))
     return out
 
 
-def edge_dataset(edge_images: Path) -> COCODataset:
-    return COCODataset(EDGE_JSON, edge_images)
+def mini_dataset(mini: Path, which: str) -> COCODataset:
+    return COCODataset(mini / MINI_JSON[which], mini / "val2017")
+
+
+def edge_dataset(mini: Path) -> COCODataset:
+    return COCODataset(EDGE_JSON, mini / "val2017")
 
 
 def segms_sha256(segms: list) -> str:
@@ -71,7 +74,10 @@ def assert_bitwise(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert ours.tobytes() == ref.tobytes(), f"{what}: values differ at {np.argwhere(ours != ref)[:5].tolist()}"
 
 
-def roidb_and_flipped_entries_match_detectron(ds: COCODataset, which: str, name: str) -> None:
+@pytest.mark.parametrize("which", CONFIGS)
+@pytest.mark.parametrize("name", ["mini", "edge"])
+def test_roidb_and_flipped_entries_match_detectron(mini: Path, which: str, name: str) -> None:
+    ds = mini_dataset(mini, which) if name == "mini" else edge_dataset(mini)
     roidb = extend_with_flipped_entries(gt_roidb(ds), ds)
     g = golden.npz(f"roidb_{which}")
     p = f"{name}_"
@@ -94,15 +100,19 @@ def roidb_and_flipped_entries_match_detectron(ds: COCODataset, which: str, name:
             assert json.loads(json.dumps(entry.segms)) == ref, entry.image_id
 
 
-def filter_for_training_matches_detectron(ds: COCODataset, which: str, name: str) -> None:
+@pytest.mark.parametrize("which", CONFIGS)
+@pytest.mark.parametrize("name", ["mini", "edge"])
+def test_filter_for_training_matches_detectron(mini: Path, which: str, name: str) -> None:
+    ds = mini_dataset(mini, which) if name == "mini" else edge_dataset(mini)
     roidb = extend_with_flipped_entries(gt_roidb(ds), ds)
     kept = {id(e) for e in filter_for_training(roidb, keypoints_on=(which == "keypoint"))}
     assert [id(e) in kept for e in roidb] == golden.npz(f"roidb_{which}")[f"{name}_filter_keep"].tolist()
 
 
-def two_datasets_concatenate_then_filter_like_detectron(shared_data: Path, edge_images: Path, which: str) -> None:
+@pytest.mark.parametrize("which", CONFIGS)
+def test_two_datasets_concatenate_then_filter_like_detectron(mini: Path, which: str) -> None:
     """TRAIN.DATASETS = (mini, edge): [mini, mini flipped, edge, edge flipped], then filtered."""
-    datasets = [mini_dataset(shared_data, which), edge_dataset(edge_images)]
+    datasets = [mini_dataset(mini, which), edge_dataset(mini)]
     roidb = combined_roidb_for_training(datasets, keypoints_on=(which == "keypoint"))
     g = golden.npz(f"roidb_{which}")
     assert [e.image_id for e in roidb] == g["train_image_id"].tolist()
@@ -113,24 +123,9 @@ def two_datasets_concatenate_then_filter_like_detectron(shared_data: Path, edge_
     assert all(np.array_equal(e.boxes, ref.boxes) for e, ref in zip(roidb, parts[0] + parts[1]))
 
 
-@pytest.mark.parametrize("which", CONFIGS)
-def test_edge_file_matches_detectron(edge_images: Path, which: str) -> None:
-    roidb_and_flipped_entries_match_detectron(edge_dataset(edge_images), which, "edge")
-    filter_for_training_matches_detectron(edge_dataset(edge_images), which, "edge")
-
-
-def test_coco_mini_goldens(shared_data: Path, edge_images: Path, tmp_path: Path) -> None:
-    """The goldens recorded on the 79 coco-mini images: one test, as it needs ../shared."""
-    for which in CONFIGS:
-        roidb_and_flipped_entries_match_detectron(mini_dataset(shared_data, which), which, "mini")
-        filter_for_training_matches_detectron(mini_dataset(shared_data, which), which, "mini")
-        two_datasets_concatenate_then_filter_like_detectron(shared_data, edge_images, which)
-    roidb_from_cfg_resolves_detectron_names(shared_data, tmp_path)
-
-
-def test_edge_rules(edge_images: Path) -> None:
+def test_edge_rules(mini: Path) -> None:
     """The edge file's outcome, spelled out (the goldens above hold the same values)."""
-    ds = edge_dataset(edge_images)
+    ds = edge_dataset(mini)
     by_id = {e.image_id: e for e in gt_roidb(ds)}
     e = by_id[397133]  # 12 annotations: 1-px box, area 0, ignore, outside, negative area dropped
     assert len(e.boxes) == 7
@@ -150,9 +145,9 @@ def test_edge_rules(edge_images: Path) -> None:
     assert flipped.segms[3] == [[629, 10, 619, 10, 619, 20, 624, 25]]  # integer polygon stays integer
 
 
-def test_compressed_rle_flips_to_the_mirrored_mask(edge_images: Path) -> None:
+def test_compressed_rle_flips_to_the_mirrored_mask(mini: Path) -> None:
     """Detectron's flip_segms fails on compressed RLE; here it mirrors the mask like the rest."""
-    ds = edge_dataset(edge_images)
+    ds = edge_dataset(mini)
     e = next(x for x in gt_roidb(ds) if x.image_id == 397133)
     crowd = flip_entry(e, keypoint_flip_permutation(ds.keypoint_names)).segms[4]
     twice = flip_entry(flip_entry(e, keypoint_flip_permutation(ds.keypoint_names)),
@@ -163,8 +158,8 @@ def test_compressed_rle_flips_to_the_mirrored_mask(edge_images: Path) -> None:
     np.testing.assert_array_equal(mask_util.decode(twice), mask)
 
 
-def test_to_targets(edge_images: Path, test_data: Path) -> None:
-    ds = edge_dataset(edge_images)
+def test_to_targets(mini: Path) -> None:
+    ds = edge_dataset(mini)
     e = next(x for x in gt_roidb(ds) if x.image_id == 397133)
     t = e.to_targets()
     assert (t.height, t.width, t.image_id, t.flipped) == (427, 640, 397133, False)
@@ -179,12 +174,11 @@ def test_to_targets(edge_images: Path, test_data: Path) -> None:
     assert (moved.height, moved.width, moved.image_id, moved.segms) == (427, 640, 397133, t.segms)
     t.boxes += 1  # the entry is not written through
     assert e.boxes[0, 0] == 0.0
-    assert gt_roidb(mini_dataset(test_data, "mask", "coco-cc-by"))[0].to_targets().keypoints is None
+    assert gt_roidb(mini_dataset(mini, "mask"))[0].to_targets().keypoints is None
 
 
-def roidb_from_cfg_resolves_detectron_names(shared_data: Path, tmp_path: Path) -> None:
+def test_roidb_from_cfg_resolves_detectron_names(mini: Path, tmp_path: Path) -> None:
     """TRAIN.DATASETS with Detectron's names, under a data root laid out like Detectron's."""
-    mini = shared_data / "coco-mini-val2017"
     (tmp_path / "coco" / "annotations").mkdir(parents=True)
     (tmp_path / "coco" / "annotations" / "person_keypoints_val2017.json").symlink_to(mini / MINI_JSON["keypoint"])
     (tmp_path / "coco" / "val2017").symlink_to(mini / "val2017")
@@ -211,18 +205,18 @@ def test_open_datasets_keeps_order_and_merges_2014_halves(tmp_path: Path, monkey
     assert calls == [("a.json", "a")]
 
 
-def test_errors(edge_images: Path, tmp_path: Path) -> None:
+def test_errors(mini: Path, tmp_path: Path) -> None:
     data = json.loads(EDGE_JSON.read_text())
     del data["annotations"][0]["keypoints"]
     bad = tmp_path / "no_kps.json"
     bad.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match="needs 'keypoints'"):
-        gt_roidb(COCODataset(bad, edge_images))
+        gt_roidb(COCODataset(bad, mini / "val2017"))
     with pytest.raises(DatasetError, match="5 image"):
         gt_roidb(COCODataset(EDGE_JSON, tmp_path))
     with pytest.raises(DatasetError, match="lack the pair"):
         keypoint_flip_permutation(["nose", "left_eye"])
-    empty = COCODataset(EDGE_JSON, edge_images)
+    empty = COCODataset(EDGE_JSON, mini / "val2017")
     with pytest.raises(DatasetError, match="no image left"):
         combined_roidb_for_training([empty], keypoints_on=True, fg_thresh=2.0, bg_thresh_hi=-2.0)
     with pytest.raises(DatasetError, match="PROPOSAL_FILES"):
