@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -30,6 +28,7 @@ from rcnn.data.roidb import (
     roidb_from_cfg,
 )
 from tests import golden
+from tests.coco_mini import annotations_only_coco_mini
 
 REPO = Path(__file__).resolve().parents[1]
 EDGE_JSON = golden.GOLDEN / "roidb_edge_input.json"
@@ -39,20 +38,8 @@ CONFIGS = ("mask", "keypoint")
 
 @pytest.fixture(scope="module")
 def mini(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """coco-mini's annotations (shipped) beside a ``val2017`` of its 79 images: the 4 CC BY ones
-    (shipped), the rest gray JPEGs of their annotated size. The roidb reads only the JSON's sizes
-    (as Detectron's), and skips entries whose image file is missing."""
-    out = tmp_path_factory.mktemp("coco_mini")
-    (out / "val2017").mkdir()
-    for name in MINI_JSON.values():
-        shutil.copy(test_data / "coco-mini-annotations" / name, out)
-    for im in json.loads((out / MINI_JSON["mask"]).read_text())["images"]:
-        shipped = test_data / "coco-cc-by" / "val2017" / im["file_name"]
-        if shipped.is_file():
-            shutil.copy(shipped, out / "val2017")
-        else:
-            cv2.imwrite(str(out / "val2017" / im["file_name"]), np.full((im["height"], im["width"], 3), 128, np.uint8))
-    return out
+    """coco-mini's shipped annotations; its images are stand-ins (tests/coco_mini.py)."""
+    return annotations_only_coco_mini(test_data, tmp_path_factory.mktemp("coco_mini"))
 
 
 def mini_dataset(mini: Path, which: str) -> COCODataset:
