@@ -1,5 +1,5 @@
 """All three models: a synthetic Detectron-format .pkl (real names and shapes, Python-2
-pickle, calibrated weights) loaded strictly and run on real COCO images on CPU."""
+pickle, calibrated weights) loaded strictly and run on real COCO images (shipped in tests/data) on CPU."""
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
@@ -10,20 +10,20 @@ from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector
 from tests.models import CONFIGS, SMALL
 
-IMAGES = ["000000000139.jpg", "000000018575.jpg", "000000000802.jpg"]
+IMAGES = ["000000397133.jpg", "000000553664.jpg", "000000255165.jpg"]   # shipped, CC BY (tests/data)
 
 
-def _images(shared_data):
-    return [read_image(shared_data / "coco-mini-val2017" / "val2017" / f) for f in IMAGES]
+def _images(test_data):
+    return [read_image(test_data / "coco-cc-by" / "val2017" / f) for f in IMAGES]
 
 
 @pytest.mark.parametrize("kind", ["faster", "mask", "keypoint"])
-def test_model_runs_end_to_end(kind, shared_data, synthetic_pkls):
+def test_model_runs_end_to_end(kind, test_data, synthetic_pkls):
     cfg = load_cfg(CONFIGS[kind], SMALL)
     model, info = load_model(cfg, load_detectron=str(synthetic_pkls[kind]))
     assert info.format == "detectron-pkl" and info.source == "zoo"
-    results = Detector(model, cfg)(_images(shared_data))
-    for im, d in zip(_images(shared_data), results):
+    results = Detector(model, cfg)(_images(test_data))
+    for im, d in zip(_images(test_data), results):
         assert (d.height, d.width) == im.shape[:2]
         assert 60 <= len(d) <= 110                     # ~100 detections, the cap can keep ties
         assert d.scores.dtype == np.float32 and d.scores.min() > 0.05 and d.scores.max() < 1
@@ -55,25 +55,25 @@ def test_model_runs_end_to_end(kind, shared_data, synthetic_pkls):
             assert d.masks is None
 
 
-def test_full_scale_800_1333_path(shared_data, synthetic_pkls):
-    """Detectron's real test scale once: 426x640 -> scale 800/426, 800x1202 resized, 800x1216 blob."""
+def test_full_scale_800_1333_path(test_data, synthetic_pkls):
+    """Detectron's real test scale once: 427x640 -> scale 800/427, 800x1199 resized, 800x1216 blob."""
     cfg = load_cfg(CONFIGS["mask"])
     assert (cfg.TEST.SCALE, cfg.TEST.MAX_SIZE) == (800, 1333)
     model, _ = load_model(cfg, load_detectron=str(synthetic_pkls["mask"]))
     det = Detector(model, cfg)
-    im = _images(shared_data)[0]
+    im = _images(test_data)[0]
     prepared = det.prepare(im)
-    assert prepared.data.shape[:2] == (800, 1202) and prepared.blob_shape == (800, 1216)
+    assert prepared.data.shape[:2] == (800, 1199) and prepared.blob_shape == (800, 1216)
     d = det([im])[0]
     assert 60 <= len(d) <= 110 and len(d.masks) == len(d)
 
 
-def test_batched_forward_equals_one_image_at_a_time(shared_data, synthetic_pkls):
+def test_batched_forward_equals_one_image_at_a_time(test_data, synthetic_pkls):
     """Same-size images batched together give bit-identical detections."""
     cfg = load_cfg(CONFIGS["mask"], SMALL)
     model, _ = load_model(cfg, load_detectron=str(synthetic_pkls["mask"]))
-    im = _images(shared_data)[0]
-    ims = [im, np.ascontiguousarray(im[:, ::-1]), _images(shared_data)[1]]
+    im = _images(test_data)[0]
+    ims = [im, np.ascontiguousarray(im[:, ::-1]), _images(test_data)[1]]
     single = [Detector(model, cfg)([x])[0] for x in ims]
     batched = Detector(model, cfg, batch_size=3)(ims)
     for a, b in zip(single, batched):
@@ -82,7 +82,7 @@ def test_batched_forward_equals_one_image_at_a_time(shared_data, synthetic_pkls)
         assert a.masks == b.masks
 
 
-def test_custom_num_classes(shared_data):
+def test_custom_num_classes(test_data):
     """Models trained on other datasets: any MODEL.NUM_CLASSES builds and runs."""
     from rcnn.modeling import build_model
     from rcnn.synthetic import calibrate
@@ -90,7 +90,7 @@ def test_custom_num_classes(shared_data):
     cfg = load_cfg(CONFIGS["mask"], SMALL + ["MODEL.NUM_CLASSES", "5"])
     model = build_model(cfg)
     assert model.box_head.bbox_pred.out_features == 20 and model.mask_head.mask_fcn_logits.out_channels == 5
-    im = _images(shared_data)[0]
+    im = _images(test_data)[0]
     calibrate(model, cfg, im)
     d = Detector(model, cfg)([im])[0]
     assert len(d) > 0 and set(d.classes) <= {1, 2, 3, 4}

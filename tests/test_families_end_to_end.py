@@ -1,5 +1,5 @@
 """A ResNeXt and a GroupNorm Mask R-CNN: calibrated synthetic Detectron-format .pkl files with the
-real names and shapes, loaded strictly and run on real COCO images on CPU."""
+real names and shapes, loaded strictly and run on real COCO images (shipped in tests/data) on CPU."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +24,7 @@ MODELS = {
                 ["MODEL.CONV_BODY", "FPN.add_fpn_ResNet50_conv5_body", "RESNETS.NUM_GROUPS", "32"]),
     "gn": ("04_2018_gn_baselines/e2e_mask_rcnn_R-50-FPN_2x_gn.yaml", []),
 }
-IMAGES = ["000000018575.jpg", "000000000802.jpg"]
+IMAGES = ["000000553664.jpg", "000000183709.jpg"]   # shipped, CC BY (tests/data)
 
 
 def _cfg(name: str):
@@ -33,16 +33,16 @@ def _cfg(name: str):
 
 
 @pytest.fixture(scope="module")
-def family_pkls(shared_data, tmp_path_factory) -> dict:
+def family_pkls(test_data, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("family_pkls")
-    image = read_image(shared_data / CALIBRATION_IMAGE)
+    image = read_image(test_data / CALIBRATION_IMAGE)
     for name in MODELS:
         write_synthetic_detectron_pkl(_cfg(name), image, str(out / f"{name}.pkl"), with_extras=False)
     return {name: out / f"{name}.pkl" for name in MODELS}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_family_runs_end_to_end(name, family_pkls, shared_data):
+def test_family_runs_end_to_end(name, family_pkls, test_data):
     cfg = _cfg(name)
     model, info = load_model(cfg, load_detectron=str(family_pkls[name]))
     assert info.format == "detectron-pkl"
@@ -50,7 +50,7 @@ def test_family_runs_end_to_end(name, family_pkls, shared_data):
         assert model.backbone.res2[0].branch2b.groups == 32 and model.backbone.res3[0].branch2b.stride == (2, 2)
     else:
         assert model.mask_head.conv_names == [f"_mask_fcn{i}" for i in range(1, 5)]
-    ims = [read_image(shared_data / "coco-mini-val2017" / "val2017" / f) for f in IMAGES]
+    ims = [read_image(test_data / "coco-cc-by" / "val2017" / f) for f in IMAGES]
     for im, d in zip(ims, Detector(model, cfg)(ims)):
         assert 60 <= len(d) <= 110 and len(np.unique(d.classes)) >= 5
         assert len(np.unique(d.scores)) == len(d) and d.scores.min() > 0.05 and d.scores.max() < 1

@@ -17,8 +17,8 @@ def _run(args):
     return subprocess.run([sys.executable, INFER, *args], capture_output=True, text=True, cwd=REPO_ROOT)
 
 
-def test_draws_and_writes_detections(shared_data, synthetic_pkls, tmp_path):
-    images = [shared_data / "coco-mini-val2017" / "val2017" / f for f in ("000000000139.jpg", "000000000802.jpg")]
+def test_draws_and_writes_detections(test_data, synthetic_pkls, tmp_path):
+    images = [test_data / "coco-cc-by" / "val2017" / f for f in ("000000397133.jpg", "000000183709.jpg")]
     proc = _run(["--cfg", str(CONFIGS["mask"]), "--load_detectron", str(synthetic_pkls["mask"]),
                  "--images", *map(str, images), "--output_dir", str(tmp_path), "--thresh", "0.1", "--set", *SMALL])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -36,13 +36,13 @@ def test_draws_and_writes_detections(shared_data, synthetic_pkls, tmp_path):
         assert mask_util.decode(d["segmentation"]).shape == original.shape[:2]
 
 
-def test_keypoints_in_json(shared_data, synthetic_pkls, tmp_path):
-    image = shared_data / "coco-mini-val2017" / "val2017" / "000000000139.jpg"
+def test_keypoints_in_json(test_data, synthetic_pkls, tmp_path):
+    image = test_data / "coco-cc-by" / "val2017" / "000000397133.jpg"
     proc = _run(["--cfg", str(CONFIGS["keypoint"]), "--load_detectron", str(synthetic_pkls["keypoint"]),
                  "--images", str(image), "--output_dir", str(tmp_path), "--dataset", "keypoints_coco",
                  "--set", *SMALL])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    dets = json.loads((tmp_path / "000000000139.json").read_text())["detections"]
+    dets = json.loads((tmp_path / "000000397133.json").read_text())["detections"]
     kps = np.array([d["keypoints"] for d in dets])
     assert kps.shape == (len(dets), 17, 3) and all(d["class"] == "person" for d in dets)
 

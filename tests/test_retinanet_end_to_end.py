@@ -1,6 +1,6 @@
 """RetinaNet end to end: a calibrated synthetic Detectron-format retinanet_R-50-FPN_1x .pkl
 (real names and shapes, momentum and preserved ImageNet blobs, Python-2 pickle), loaded
-strictly and run on real COCO images on CPU."""
+strictly and run on real COCO images (shipped in tests/data) on CPU."""
 import numpy as np
 import pytest
 
@@ -16,25 +16,25 @@ from tests.models import CALIBRATION_IMAGE, CONFIGS
 
 CONFIG = REPO_ROOT / "configs/12_2017_baselines/retinanet_R-50-FPN_1x.yaml"
 SMALL = ["TEST.SCALE", "256", "TEST.MAX_SIZE", "427"]
-IMAGES = ["000000000139.jpg", "000000018575.jpg"]
+IMAGES = ["000000397133.jpg", "000000553664.jpg"]   # shipped, CC BY (tests/data)
 
 
 @pytest.fixture(scope="module")
-def retinanet_pkl(shared_data, tmp_path_factory):
+def retinanet_pkl(test_data, tmp_path_factory):
     path = tmp_path_factory.mktemp("retinanet") / "retinanet.pkl"
-    write_synthetic_detectron_pkl(load_cfg(CONFIG, SMALL), read_image(shared_data / CALIBRATION_IMAGE), str(path))
+    write_synthetic_detectron_pkl(load_cfg(CONFIG, SMALL), read_image(test_data / CALIBRATION_IMAGE), str(path))
     return path
 
 
-def _images(shared_data):
-    return [read_image(shared_data / "coco-mini-val2017" / "val2017" / f) for f in IMAGES]
+def _images(test_data):
+    return [read_image(test_data / "coco-cc-by" / "val2017" / f) for f in IMAGES]
 
 
-def test_retinanet_runs_end_to_end(shared_data, retinanet_pkl):
+def test_retinanet_runs_end_to_end(test_data, retinanet_pkl):
     cfg = load_cfg(CONFIG, SMALL)
     model, info = load_model(cfg, load_detectron=str(retinanet_pkl))
     assert info.format == "detectron-pkl"
-    images = _images(shared_data)
+    images = _images(test_data)
     results = Detector(model, cfg)(images)
     for im, d in zip(images, results):
         assert (d.height, d.width) == im.shape[:2] and d.masks is None and d.keypoints is None
@@ -48,7 +48,7 @@ def test_retinanet_runs_end_to_end(shared_data, retinanet_pkl):
         assert np.all(np.diff(d.classes) >= 0)
         for c in np.unique(d.classes):
             assert np.all(np.diff(d.scores[d.classes == c]) < 0)
-    records = coco_records([(139, results[0])], list(range(81)))
+    records = coco_records([(397133, results[0])], list(range(81)))
     assert set(records) == {"bbox"} and len(records["bbox"]) == len(results[0])
 
 
@@ -62,14 +62,14 @@ def test_retinanet_pkl_with_an_rcnn_config_names_the_config_it_needs(retinanet_p
     assert "unexpected: " in msg and "retnet_cls_conv_n0_fpn3_w" in msg and "\n" not in msg
 
 
-def test_retinanet_full_scale_800_1333(shared_data, retinanet_pkl):
-    """Detectron's real test scale once: 426x640 -> 800x1202 resized, padded to 800x1216
+def test_retinanet_full_scale_800_1333(test_data, retinanet_pkl):
+    """Detectron's real test scale once: 427x640 -> 800x1199 resized, padded to 800x1216
     (COARSEST_STRIDE 128), P3..P7 of 100x152 .. 7x10."""
     cfg = load_cfg(CONFIG)
     assert (cfg.TEST.SCALE, cfg.TEST.MAX_SIZE, cfg.FPN.COARSEST_STRIDE) == (800, 1333, 128)
     model, _ = load_model(cfg, load_detectron=str(retinanet_pkl))
     det = Detector(model, cfg)
-    im = _images(shared_data)[0]
+    im = _images(test_data)[0]
     assert det.prepare(im).blob_shape == (800, 1216)
     d = det([im])[0]
     assert 60 <= len(d) <= 100 and len(np.unique(d.scores)) == len(d) and len(np.unique(d.classes)) >= 5
