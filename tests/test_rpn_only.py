@@ -1,4 +1,4 @@
-"""RPN-only and precomputed-proposal models through tools/test_net.py on real COCO images:
+"""RPN-only and precomputed-proposal models through tools/test_net.py on real COCO images (tests/data):
 ``rpn_proposals.pkl`` in Detectron's layout with the proposal recall in metrics.json, then a
 Fast R-CNN run on that file; hostile proposal files refused like hostile weights."""
 import importlib.util
@@ -31,8 +31,8 @@ LIMIT = 3
 
 
 @pytest.fixture(scope="module")
-def mini(shared_data):
-    return shared_data / "coco-mini-val2017"
+def mini(test_data):
+    return test_data / "coco-cc-by"   # shipped, CC BY
 
 
 @pytest.fixture(scope="module")
