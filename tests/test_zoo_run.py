@@ -18,16 +18,16 @@ from .zoo_server import ZooServer
 MODEL = "e2e_faster_rcnn_R-50-FPN_1x"
 
 
-def _data_root(shared_data, tmp_path):
-    """Detectron's layout (coco/annotations, coco/val2017) over coco-mini-val2017."""
-    mini = shared_data / "coco-mini-val2017"
+def _data_root(test_data, tmp_path):
+    """Detectron's layout (coco/annotations, coco/val2017) over the shipped coco-cc-by (tests/data)."""
+    mini = test_data / "coco-cc-by"
     (tmp_path / "data" / "coco" / "annotations").mkdir(parents=True)
     (tmp_path / "data" / "coco" / "annotations" / "instances_val2017.json").symlink_to(mini / "instances_val2017.json")
     (tmp_path / "data" / "coco" / "val2017").symlink_to(mini / "val2017")
     return tmp_path / "data"
 
 
-def test_zoo_run_from_download_to_verdict(shared_data, synthetic_pkls, tmp_path, monkeypatch, capsys):
+def test_zoo_run_from_download_to_verdict(test_data, synthetic_pkls, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     monkeypatch.setenv("DETECTRON_CACHE", str(cache))
     pkl = synthetic_pkls["faster"]
@@ -37,7 +37,7 @@ def test_zoo_run_from_download_to_verdict(shared_data, synthetic_pkls, tmp_path,
         server.files[path] = pkl
         server.files[path + ".md5sum"] = (hashlib.md5(pkl.read_bytes()).hexdigest() + "\n").encode()
         server.drop_once.add(path)
-        status = main(["zoo", "run", MODEL, "--mirror", server.base, "--data_root", str(_data_root(shared_data, tmp_path)),
+        status = main(["zoo", "run", MODEL, "--mirror", server.base, "--data_root", str(_data_root(test_data, tmp_path)),
                        "--device", "cpu", "--limit", "2", "--output_dir", str(out), "--set", *SMALL])
         stdout = capsys.readouterr().out
         assert [r[1] is not None for r in server.requests] == [False, False, True]  # md5sum, cut, resumed
