@@ -13,12 +13,13 @@ from rcnn.inference.detector import Detector
 from rcnn.toy import ap50, make_shapes_dataset, train_toy
 
 # kind -> (iterations, {iou type: minimum AP50}). Measured with 2 threads (lr 0.0015): faster box
-# AP50 0.816; mask box and segm AP50 0.916; keypoint model box AP50 1.0. Its keypoint head does not learn
-# within this budget yet (keypoint AP 0.0 at 150 iterations), so only its boxes are gated.
+# AP50 0.816; mask box and segm AP50 0.916; keypoint model box and keypoint AP50 0.752 (keypoints
+# mirrored for flipping; with the earlier ring layout keypoint AP50 was 0.0). Keypoints are gated at
+# the 0.3.
 CASES = {
     "faster": (150, {"bbox": 0.5}),
     "mask": (150, {"bbox": 0.5, "segm": 0.5}),
-    "keypoint": (150, {"bbox": 0.5}),
+    "keypoint": (150, {"bbox": 0.5, "keypoints": 0.3}),
 }
 
 
