@@ -50,9 +50,23 @@ def _shape(rng: np.random.Generator, w: int, h: int, cat: int) -> tuple[np.ndarr
         poly = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
     else:
         poly = np.array([[cx - rx, cy - ry], [cx + rx, cy - ry], [cx + rx, cy + ry], [cx - rx, cy + ry]])
-    a = np.linspace(-np.pi / 2, 1.5 * np.pi, 17, endpoint=False)   # nose on top, then clockwise
-    kps = np.stack([cx + 0.7 * rx * np.cos(a), cy + 0.7 * ry * np.sin(a)], 1)
-    return poly, kps
+    return poly, _keypoints(cx, cy, rx, ry)
+
+
+def _keypoints(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    """The 17 COCO keypoints (17, 2) on a ring at 0.7 of the radii: the nose on top, then the
+    eight left/right pairs (eyes ... ankles) from top to bottom, each pair mirrored about the
+    vertical axis, the person's left on the image's right (facing the viewer).
+
+    Why mirrored pairs: training flips every image and swaps left and right keypoints
+    (``keypoint_flip_permutation``), so a keypoint must land where its partner was for the
+    flipped copy to teach the same layout; with keypoints spaced round the ring instead, every
+    keypoint had two targets (one per flip) and the head did not learn them.
+    """
+    theta = -np.pi / 2 + np.pi * np.arange(1, 9) / 9           # right half, top to bottom
+    dx, dy = 0.7 * rx * np.cos(theta), 0.7 * ry * np.sin(theta)
+    pairs = np.stack([np.stack([cx + dx, cy + dy], 1), np.stack([cx - dx, cy + dy], 1)], 1).reshape(16, 2)
+    return np.concatenate([[[cx, cy - 0.7 * ry]], pairs])
 
 
 def make_shapes_dataset(out: Path, num_images: int = 4, seed: int = 0,
