@@ -27,7 +27,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     img_dir, instances, _ = make_shapes_dataset(tmp_path_factory.mktemp("shapes"), 1)
-    cfg = load_cfg(config_path("faster"), recipe_opts("faster", 1))
+    cfg = load_cfg(config_path("faster"), [*recipe_opts("faster", 1), "TRAIN.SCALES", "(96,)", "TRAIN.MAX_SIZE", "128",
+                                                "TEST.SCALE", "96", "TEST.MAX_SIZE", "128"])
     model = build_model(cfg)
     toy_body(model, cfg, cv2.imread(str(min(img_dir.iterdir()))))
     init_heads(model, cfg, cfg.RNG_SEED)
@@ -40,7 +41,7 @@ class _Stop(Exception):
 
 
 def test_train_applies_bf16_to_the_features_only(toy, tmp_path):
-    cfg, model, roidb = toy
+    cfg, model, _ = toy
     seen = {}
 
     def batches(start):
