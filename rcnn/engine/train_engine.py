@@ -78,8 +78,9 @@ def train(cfg, model: GeneralizedRCNN, make_batches: Callable[[int], Iterator[Tr
     rank, world = rank_and_world()
     checkpoint_period(cfg)   # a bad snapshot period fails now, not after the first iterations
     model.to(device).train()
-    if settings.precision == "bf16":
-        from rcnn.engine.benchmark import bf16_features  # heads, losses and box arithmetic stay float32
+    if settings.precision == "bf16":  # backbone/FPN only: heads, losses and box arithmetic stay float32
+        from rcnn.engine.benchmark import bf16_features
+
         bf16_features(model, device)
     elif settings.precision != "fp32":
         raise ValueError(f"training precision must be fp32 or bf16, not {settings.precision!r}")
