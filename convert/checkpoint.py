@@ -21,11 +21,13 @@ and our own checkpoints must never need code execution to load.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import re
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -141,7 +143,15 @@ def _mismatch_message(report: LoadReport, cfg: CfgNode) -> str:
 
 def _load_blobs(model: nn.Module, pkl: DetectronPkl, cfg: CfgNode, source: str,
                 strict: bool, check_cfg: bool) -> LoadReport:
-    state = model.state_dict()
+    report, tensors = _blob_tensors(model.state_dict(), pkl, cfg, source, strict, check_cfg)
+    model.load_state_dict(tensors, strict=False)
+    return report
+
+
+def _blob_tensors(state: Mapping[str, Tensor], pkl: DetectronPkl, cfg: CfgNode, source: str,
+                  strict: bool, check_cfg: bool) -> tuple[LoadReport, dict[str, Tensor]]:
+    """Match the file against the model's ``state`` and return the loadable blobs as float32
+    tensors by state-dict key; they share the file's arrays' memory (no copy, unless a cast)."""
     keys = blob_to_key(state)
     report = match_blobs(pkl.shapes, {blob: state[key].shape for blob, key in keys.items()}, source)
     if strict and report.kind.kind == "imagenet":
@@ -164,11 +174,10 @@ def _load_blobs(model: nn.Module, pkl: DetectronPkl, cfg: CfgNode, source: str,
     if nonzero:
         logger.warning("%s: ignored ResNet conv biases that are not zero (Detectron ignores them too): %s",
                        source, ", ".join(nonzero))
-    model.load_state_dict(new_state, strict=False)
     logger.info("%s: %s", source, report.summary())
     if report.ignored_momentum or report.ignored_preserved:
         logger.debug("%s: ignored %s", source, ", ".join(report.ignored_momentum + report.ignored_preserved))
-    return report
+    return report, new_state
 
 
 def load_detectron_weights(model: nn.Module, path: str | os.PathLike[str], cfg: CfgNode | None = None, *,
@@ -290,17 +299,21 @@ def pkl_to_pt(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     that ``pt_to_pkl`` can write them back. ``pkl``: the content of ``src`` if already read.
     """
     source = os.fspath(src)
-    pkl = pkl if pkl is not None else read_detectron_pkl(src)
-    if cfg is None:
-        cfg = cfg_for_file(detect_kind(pkl.shapes), source)
-    elif not isinstance(cfg, CfgNode):
-        cfg = load_cfg(cfg)
-    model = _build(cfg)
-    report = _load_blobs(model, pkl, cfg, source, strict=True, check_cfg=check_cfg)
-    kept = (report.ignored_momentum if keep_momentum else []) + (report.ignored_preserved if keep_preserved else [])
-    meta = {"source_file": Path(source).name, "source_sha256": file_sha256(src), "source_kind": report.kind.describe(),
-            "source_has_cfg": pkl.cfg_yaml is not None}
-    save_checkpoint(dst, model, cfg, meta, {name: pkl.blobs[name] for name in kept})
+    with ThreadPoolExecutor(1) as pool:
+        sha256 = pool.submit(file_sha256, src)  # on the other core, while the file is unpickled
+        pkl = pkl if pkl is not None else read_detectron_pkl(src)
+        if cfg is None:
+            cfg = cfg_for_file(detect_kind(pkl.shapes), source)
+        elif not isinstance(cfg, CfgNode):
+            cfg = load_cfg(cfg)
+        with contextlib.nullcontext() if any(b in pkl.blobs for b in _FIXED_BLOBS) else torch.device("meta"):
+            model = _build(cfg)  # for its keys, in order, and shapes; the fixed blobs are compared with its values
+        state = model.state_dict()
+        report, tensors = _blob_tensors(state, pkl, cfg, source, strict=True, check_cfg=check_cfg)
+        kept = (report.ignored_momentum if keep_momentum else []) + (report.ignored_preserved if keep_preserved else [])
+        meta = {"source_file": Path(source).name, "source_sha256": sha256.result(),
+                "source_kind": report.kind.describe(), "source_has_cfg": pkl.cfg_yaml is not None}
+    save_checkpoint(dst, {key: tensors[key] for key in state}, cfg, meta, {name: pkl.blobs[name] for name in kept})
     return report
 
 

@@ -51,6 +51,18 @@ def test_reads_a_real_python2_detectron_pickle(tmp_path):
     np.testing.assert_array_equal(pkl.blobs["b2"], conv1[0])
 
 
+def test_python2_str_is_latin1_text_as_plain_pickle_load_gives_it(tmp_path):
+    # read_detectron_pkl reads Python 2 str as bytes (no decode/encode of the array data) and
+    # decodes names and cfg itself: non-ASCII bytes must give pickle.load(encoding='latin1')'s text.
+    data = PY2_DETECTRON_PICKLE.replace(b"U\x05A: 1\n", b"U\x05A: \xe9\n").replace(b"U\x02b2", b"U\x02\xff2")
+    plain = pickle.loads(data, encoding="latin1")
+    pkl = read_detectron_pkl(_write(tmp_path / "py2.pkl", data))
+    assert pkl.cfg_yaml == plain["cfg"] == "A: \xe9\n"
+    assert list(pkl.blobs) == list(plain["blobs"]) and "\xff2" in pkl.blobs
+    for name, array in plain["blobs"].items():
+        assert pkl.blobs[name].dtype == array.dtype and pkl.blobs[name].tobytes() == array.tobytes()
+
+
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_reads_python3_pickles_of_every_protocol(tmp_path, protocol):
     # NumPy 2 writes numpy._core names; protocol 5 uses numeric._frombuffer; bytes keys and an

@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--use_tfboard", action="store_true", help="also write TensorBoard scalars")
     p.add_argument("--no_pkl", action="store_true", help="do not export model_final.pkl")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: backbone and FPN under bf16 autocast (opt-in, not Detectron's arithmetic; docs/speed.md)")
     args = p.parse_args(argv)
     if bool(args.json) != bool(args.images) or (args.json and args.dataset):
         p.error("give --dataset, or both --json and --images, or neither (TRAIN.DATASETS)")
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
                                            start_iter=consumed))
 
         settings = TrainSettings(output_dir, iter_size, cfg.RNG_SEED, args.use_tfboard, not args.no_pkl,
-                                 fresh_heads=not (args.load_detectron or args.load_ckpt))
+                                 fresh_heads=not (args.load_detectron or args.load_ckpt), precision=args.precision)
         final = train(cfg, model, make_batches, device, settings)
     except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
             OSError) as e:

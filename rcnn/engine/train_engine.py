@@ -51,6 +51,7 @@ class TrainSettings:
     export_pkl: bool = True
     fresh_heads: bool = False      # heads from init_heads: warn when loss_cls starts far above log(K)
     progress: Callable[[int], None] | None = None   # called with each finished iteration
+    precision: str = "fp32"        # "bf16": backbone and FPN under bf16 autocast (opt-in, not exact)
 
 
 def scaled_schedule(cfg, batch: int) -> list[str]:
@@ -77,6 +78,12 @@ def train(cfg, model: GeneralizedRCNN, make_batches: Callable[[int], Iterator[Tr
     rank, world = rank_and_world()
     checkpoint_period(cfg)   # a bad snapshot period fails now, not after the first iterations
     model.to(device).train()
+    if settings.precision == "bf16":  # backbone/FPN only: heads, losses and box arithmetic stay float32
+        from rcnn.engine.benchmark import bf16_features
+
+        bf16_features(model, device)
+    elif settings.precision != "fp32":
+        raise ValueError(f"training precision must be fp32 or bf16, not {settings.precision!r}")
     optimizer = build_optimizer(model, cfg)
     output_dir = Path(settings.output_dir)
     if final_path(output_dir).exists() and cfg.TRAIN.AUTO_RESUME:
