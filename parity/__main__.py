@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from detectron_parity.errors import UserError
 from parity import benchmark_md, compare, losses, match, zoo
 from parity.evaluate import BACKENDS, evaluate, summary_lines
 from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json, split_label
@@ -34,15 +35,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_proposals(args: argparse.Namespace) -> int:
     """Detectron's proposal recall of an ``rpn_proposals.pkl`` (``parity.proposals``)."""
-    from convert.errors import ConvertError
     from parity.proposals import evaluate_proposal_file
-    from rcnn.data.datasets import COCODataset, DatasetError
+    from rcnn.data.datasets import COCODataset
 
-    try:
-        dataset = COCODataset(args.ann, Path(args.ann).parent)
-        stats = evaluate_proposal_file(dataset, args.proposals)
-    except (ConvertError, DatasetError) as e:
-        raise InputError(str(e)) from None
+    dataset = COCODataset(args.ann, Path(args.ann).parent)
+    stats = evaluate_proposal_file(dataset, args.proposals)
     print("type=box_proposal")
     print("\n".join(stats.lines()))
     if args.out:
@@ -270,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "out", None):
             check_output_path(args.out)
         return args.func(args)
-    except InputError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2

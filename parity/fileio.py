@@ -15,10 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from detectron_parity.errors import UserError
+
 PathLike = str | os.PathLike
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad user input (missing file, malformed JSON, invalid record).
 
     The message is one line that names the file and, where there is one, the record; the

@@ -36,6 +36,8 @@ import numpy as np
 import yaml
 from yacs.config import CfgNode
 
+from detectron_parity.errors import UserError
+
 __all__ = [
     "CfgNode",
     "ConfigError",
@@ -51,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value that Detectron would reject (one exception for callers)."""
 
 

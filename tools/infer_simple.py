@@ -18,12 +18,12 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from convert.errors import ConvertError
+from detectron_parity.errors import UserError
 from parity.fileio import atomic_write_bytes, atomic_write_json
-from rcnn.config import ConfigError, load_cfg
+from rcnn.config import load_cfg
 from rcnn.data.datasets import COCO_CATEGORY_IDS, COCO_CLASSES, COCODataset, DatasetError
 from rcnn.data.preprocess import read_image
-from rcnn.engine.devices import DeviceError, resolve_device
+from rcnn.engine.devices import resolve_device
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector, ImageDetections
 from rcnn.modeling import UnsupportedModelError
@@ -114,9 +114,9 @@ def main(argv=None) -> int:
             atomic_write_json(out_dir / f"{path.stem}.json",
                               {"image": str(path), "height": dets.height, "width": dets.width,
                                "detections": detections_json(dets, names, cats)})
-    except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, DeviceError, OSError) as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_status", 2)
     print(f"wrote {len(paths)} images and their detections to {out_dir}")
     return 0
 

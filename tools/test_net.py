@@ -16,17 +16,15 @@ import sys
 from pathlib import Path
 
 
-from convert.errors import ConvertError
-from parity.fileio import InputError
+from detectron_parity.errors import UserError
 from parity.evaluate import summary_lines
-from rcnn.config import ConfigError, load_cfg
+from rcnn.config import load_cfg
 from rcnn.data.datasets import COCODataset, DatasetError, canonical_dataset_names
 from rcnn.engine.test_engine import TestSettings, reevaluate, run_test
-from rcnn.engine.devices import DeviceError, init_processes, shutdown_processes
+from rcnn.engine.devices import init_processes, shutdown_processes
 from rcnn.engine.proposal_runs import proposal_file_of
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector
-from rcnn.modeling import UnsupportedModelError
 
 # Detectron.pytorch's --dataset names, and Detectron's own catalog names.
 DATASET_ALIASES = {"coco2017": "coco_2017_val", "keypoints_coco2017": "keypoints_coco_2017_val"}
@@ -93,10 +91,9 @@ def main(argv=None) -> int:
             model, weights = load_model(cfg, args.load_detectron, args.load_ckpt)
             detector = Detector(model, cfg, device, args.batch_size, fast=args.fast)
             metrics = run_test(cfg, detector, dataset, weights, settings, model_name)
-    except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
-            OSError) as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_status", 2)
     except KeyboardInterrupt:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
         return 130

@@ -21,17 +21,16 @@ from pathlib import Path
 
 
 from convert.checkpoint import load_detectron_weights
-from convert.errors import ConvertError
-from parity.fileio import InputError
-from rcnn.config import ConfigError, load_cfg
+from detectron_parity.errors import UserError
+from rcnn.config import load_cfg
 from rcnn.data.datasets import DatasetError
 from rcnn.data.loader import build_train_loader
 from rcnn.data.roidb import open_datasets, roidb_from_cfg
-from rcnn.engine.train_engine import TrainSettings, TrainingError, scaled_schedule, train
-from rcnn.engine.devices import DeviceError, init_processes, rank_and_world, shutdown_processes
+from rcnn.engine.train_engine import TrainSettings, scaled_schedule, train
+from rcnn.engine.devices import init_processes, rank_and_world, shutdown_processes
 from rcnn.engine.torchvision_body import load_torchvision_backbone
-from rcnn.engine.weights import load_checkpoint_weights, load_imagenet_backbone
-from rcnn.modeling import UnsupportedModelError, build_model
+from rcnn.engine.weights import WeightsError, load_checkpoint_weights, load_imagenet_backbone
+from rcnn.modeling import build_model
 from rcnn.modeling.init import init_heads
 from rcnn.modeling.retinanet import init_retinanet
 
@@ -75,16 +74,16 @@ def imagenet_weights_path(cfg, override: str | None) -> Path:
     up where Detectron's ``cache_url`` would have put it, under ``DOWNLOAD_CACHE``)."""
     spec = override or cfg.TRAIN.WEIGHTS
     if not spec:
-        raise ConvertError("no ImageNet weights: pass --imagenet_weights R-50.pkl or set TRAIN.WEIGHTS")
+        raise WeightsError("no ImageNet weights: pass --imagenet_weights R-50.pkl or set TRAIN.WEIGHTS")
     if spec.startswith(("http://", "https://")):
         cached = Path(cfg.DOWNLOAD_CACHE) / spec[len(DETECTRON_URL):].lstrip("/") \
             if spec.startswith(DETECTRON_URL) else None
         if cached is None or not cached.is_file():
-            raise ConvertError(f"TRAIN.WEIGHTS is the URL {spec}: download it and pass --imagenet_weights PATH"
+            raise WeightsError(f"TRAIN.WEIGHTS is the URL {spec}: download it and pass --imagenet_weights PATH"
                                + (f" (or put it at {cached})" if cached else ""))
         return cached
     if not Path(spec).is_file():
-        raise ConvertError(f"ImageNet weights file {spec} does not exist")
+        raise WeightsError(f"ImageNet weights file {spec} does not exist")
     return Path(spec)
 
 
@@ -141,13 +140,9 @@ def main(argv=None) -> int:
         settings = TrainSettings(output_dir, iter_size, cfg.RNG_SEED, args.use_tfboard, not args.no_pkl,
                                  fresh_heads=not (args.load_detectron or args.load_ckpt))
         final = train(cfg, model, make_batches, device, settings)
-    except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, InputError, DeviceError,
-            OSError) as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_status", 2)
     finally:
         shutdown_processes()
     if rank == 0:

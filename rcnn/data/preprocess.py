@@ -14,11 +14,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from detectron_parity.errors import UserError
+
 # Detectron's cfg.PIXEL_MEANS (BGR), float64 on purpose: see prepare_image.
 PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]], dtype=np.float64)
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file is missing or cannot be decoded."""
 
 

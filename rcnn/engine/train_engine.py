@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from detectron_parity.errors import UserError
 from rcnn.data.train_batch import TrainBatch
 from rcnn.engine.devices import rank_and_world
 from rcnn.engine.solver import build_optimizer, lr_at_iter
@@ -38,8 +39,11 @@ from rcnn.modeling.training import METRICS
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN loss, as Detectron's ``handle_critical_error``)."""
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (a NaN loss, as Detectron's ``handle_critical_error``): a failed
+    run, not bad input, hence exit status 1."""
+
+    exit_status = 1
 
 
 @dataclass
