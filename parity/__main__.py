@@ -13,9 +13,16 @@ import sys
 from pathlib import Path
 
 from detectron_parity.errors import UserError
+from detectron_parity.fileio import (
+    InputError,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_path,
+    load_json,
+    split_label,
+)
 from parity import benchmark_md, compare, losses, match, zoo
 from parity.evaluate import BACKENDS, evaluate, summary_lines
-from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json, split_label
 from parity.records import IOU_TYPES
 from parity.reference import resolve_model
 

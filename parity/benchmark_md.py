@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from detectron_parity.fileio import InputError, PathLike
 from parity import zoo
 from parity.compare import Row, reference_row
-from parity.fileio import InputError, PathLike
 from parity.metrics import Metrics
 from parity.records import IOU_TYPES
 from parity.reference import DETECTRON_MODEL_ZOO, MODELS, resolve_model

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.fileio import InputError
+from detectron_parity.fileio import InputError
 from parity.records import IOU_TYPES, NUM_KEYPOINTS, infer_iou_types, load_gt, load_results, validate_results
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detectron_parity.errors import UserError
+from detectron_parity.fileio import InputError, PathLike, atomic_write_text
 from parity import benchmark_md, compare, zoo
 from parity.download import DownloadError, cache_dir, download, file_md5, published_md5
-from parity.fileio import InputError, PathLike, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

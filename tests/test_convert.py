@@ -164,7 +164,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def sha256(path: Path) -> str:
-    """Independent of ``parity.fileio.file_sha256``, which the converter uses."""
+    """Independent of ``detectron_parity.fileio.file_sha256``, which the converter uses."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from parity.fileio import atomic_write_json
+from detectron_parity.fileio import atomic_write_json
 from parity.match import match_records
 from rcnn.data.preprocess import read_image
 from rcnn.engine import benchmark as bench

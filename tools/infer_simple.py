@@ -19,7 +19,7 @@ import cv2
 from tqdm import tqdm
 
 from detectron_parity.errors import UserError
-from parity.fileio import atomic_write_bytes, atomic_write_json
+from detectron_parity.fileio import atomic_write_bytes, atomic_write_json
 from rcnn.config import load_cfg
 from rcnn.data.datasets import COCO_CATEGORY_IDS, COCO_CLASSES, COCODataset, DatasetError
 from rcnn.data.preprocess import read_image

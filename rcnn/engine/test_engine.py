@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detectron_parity.fileio import InputError, atomic_write_json
 from parity.evaluate import evaluate
-from parity.fileio import InputError, atomic_write_json
 from parity.metrics import Metrics, save_metrics
 from rcnn.config import cfg_to_yaml
 from rcnn.data.datasets import COCODataset

@@ -16,7 +16,7 @@ import torch
 from convert.checkpoint import load_detectron_weights, read_checkpoint
 from convert.pickle_io import read_detectron_pkl
 from detectron_parity.errors import UserError
-from parity.fileio import file_sha256
+from detectron_parity.fileio import file_sha256
 from rcnn.config import cfg_from_yaml_text
 from rcnn.modeling import GeneralizedRCNN, build_model
 from rcnn.naming import key_to_blob
