@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from detectron_parity.errors import UserError
+from detectron_parity import cli
 from detectron_parity.fileio import (
     InputError,
     atomic_write_json,
@@ -270,16 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if getattr(args, "out", None):
-            check_output_path(args.out)
-        return args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_status
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "out", None):
+        check_output_path(args.out)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 ``detectron_parity`` is the bottom layer (standard library only); ``convert`` never imports
 ``parity``; ``parity`` is free of ``rcnn``/``convert`` except in its three modules that drive a
 model (and there only inside functions, so ``import parity`` stays light); ``rcnn`` imports
-``parity`` only in its engine, which scores what it runs. Module-level imports form no cycle.
+``parity`` only in its engine, which scores what it runs, and in its command-line programs.
+Module-level imports form no cycle.
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ def test_parity_is_free_of_rcnn_and_convert_but_its_drivers():
     assert lazy   # the drivers exist and still import lazily; this test would otherwise say nothing
 
 
-def test_rcnn_imports_parity_only_in_its_engine():
-    bad = [(m, i) for m, imps in _graph().items() if _package(m) == "rcnn" and not m.startswith("rcnn.engine.")
+def test_rcnn_imports_parity_only_in_its_engine_and_commands():
+    bad = [(m, i) for m, imps in _graph().items()
+           if _package(m) == "rcnn" and not m.startswith(("rcnn.engine.", "rcnn.commands."))
            for i, _ in imps if _package(i) == "parity"]
     assert bad == []
 
@@ -102,3 +104,13 @@ def test_module_level_imports_have_no_cycle():
 
     cycles = [c for m in sorted(graph) if m not in state and (c := visit(m, []))]
     assert cycles == []
+
+
+def test_the_packages_are_this_checkouts():
+    """A top-level ``convert`` or ``parity`` of another distribution would shadow ours
+    (docs/layout.md §4): the suite fails instead of testing it."""
+    import importlib
+
+    for package in PACKAGES:
+        path = Path(importlib.import_module(package).__file__).resolve()
+        assert path == ROOT / package / "__init__.py", (package, path)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from detectron_parity import cli
 from detectron_parity.fileio import atomic_write_json
 
 
@@ -147,6 +148,10 @@ def _command() -> str | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     result = run(args, (lambda r: atomic_write_json(args.json, r)) if args.json else (lambda r: None))
     if args.mode == "convert":
         c = result["convert"]
