@@ -17,8 +17,9 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from convert.detectron_cfg import parse_detectron_cfg
 from convert.errors import ConvertError

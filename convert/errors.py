@@ -32,7 +32,7 @@ class UnsafePickleError(ConvertError):
 class WeightsMismatchError(ConvertError):
     """The blobs of a file do not fit the model; ``report`` lists every blob by name."""
 
-    def __init__(self, message: str, report: "LoadReport") -> None:
+    def __init__(self, message: str, report: LoadReport) -> None:
         super().__init__(message)
         self.report = report
 

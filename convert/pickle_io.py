@@ -20,8 +20,9 @@ import logging
 import os
 import pickle
 import struct
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Collection, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 import numpy as np
 

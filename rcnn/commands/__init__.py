@@ -5,6 +5,8 @@ dataset names and the class-count check.
 """
 from __future__ import annotations
 
+import os
+
 from rcnn.data.datasets import DatasetError
 
 # Detectron.pytorch's --dataset names -> Detectron's catalog names, per split.
@@ -19,7 +21,7 @@ def catalog_name(name: str, split: str) -> str:
     return DATASET_ALIASES[split].get(name, name)
 
 
-def check_num_classes(name: str, num_classes: int, cfg_num_classes: int) -> None:
+def check_num_classes(name: str | os.PathLike[str], num_classes: int, cfg_num_classes: int) -> None:
     """A dataset whose class count (background included) is not the config's is a user error."""
     if num_classes != cfg_num_classes:
         raise DatasetError(f"dataset {name} has {num_classes} classes (with background) but the "

@@ -5,7 +5,8 @@
 
 Writes Detectron's result files (bbox_/segmentations_/keypoints_<dataset>_results.json)
 and metrics.json (all COCO stats plus provenance). ``--resume`` continues an
-interrupted run; ``--eval_only`` re-scores existing result files (Detectron's reval.py). Several GPUs or nodes: ``torchrun --nproc_per_node N tools/test_net.py ...``.
+interrupted run; ``--eval_only`` re-scores existing result files (Detectron's reval.py).
+Several GPUs or nodes: ``torchrun --nproc_per_node N tools/test_net.py ...``.
 ``python tools/test_net.py`` runs this module too.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from detectron_parity import cli
 from parity.evaluate import summary_lines
+from parity.metrics import Metrics
 from rcnn.commands import catalog_name, check_num_classes
 from rcnn.config import load_cfg
 from rcnn.data.datasets import COCODataset, canonical_dataset_names
@@ -76,6 +78,7 @@ def _test(args: argparse.Namespace) -> int:
         settings = TestSettings(name, out_dir, args.batch_size, args.limit, args.resume, args.backend)
         if cfg.TEST.PRECOMPUTED_PROPOSALS and not args.eval_only:
             settings.proposal_file = proposal_file_of(cfg, args.proposals)
+        metrics: Metrics | None
         if args.eval_only:
             metrics = reevaluate(cfg, dataset, settings, model_name)
         else:

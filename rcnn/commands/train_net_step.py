@@ -17,20 +17,21 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import cast
 
 from convert.checkpoint import load_detectron_weights
 from detectron_parity import cli
 from rcnn.commands import catalog_name, check_num_classes
 from rcnn.config import load_cfg
 from rcnn.data.loader import build_train_loader
-from rcnn.data.roidb import open_datasets, roidb_from_cfg
+from rcnn.data.roidb import DatasetSpec, open_datasets, roidb_from_cfg
 from rcnn.engine.devices import init_processes, rank_and_world, shutdown_processes
 from rcnn.engine.torchvision_body import load_torchvision_backbone
 from rcnn.engine.train_engine import TrainSettings, scaled_schedule, train
 from rcnn.engine.weights import WeightsError, load_checkpoint_weights, load_imagenet_backbone
 from rcnn.modeling import build_model
 from rcnn.modeling.init import init_heads
-from rcnn.modeling.retinanet import init_retinanet
+from rcnn.modeling.retinanet import RetinaNet, init_retinanet
 
 DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron"
 
@@ -94,6 +95,7 @@ def _train(args: argparse.Namespace) -> int:
         recipe = cfg.NUM_GPUS * cfg.TRAIN.IMS_PER_BATCH
         iter_size = args.iter_size or (recipe // per_step if args.bs is None and recipe % per_step == 0 else 1)
         cfg = load_cfg(args.cfg, args.opts + scaled_schedule(cfg, per_step * iter_size))
+        specs: list[DatasetSpec]
         if args.dataset:
             specs = [catalog_name(n, "train") for n in args.dataset.split(",")]
         elif args.json:
@@ -106,7 +108,10 @@ def _train(args: argparse.Namespace) -> int:
         roidb = roidb_from_cfg(cfg, args.data_root, datasets)
 
         model = build_model(cfg)
-        (init_retinanet if cfg.RETINANET.RETINANET_ON else init_heads)(model, cfg, cfg.RNG_SEED)
+        if cfg.RETINANET.RETINANET_ON:   # build_model is annotated GeneralizedRCNN; it built a RetinaNet
+            init_retinanet(cast(RetinaNet, model), cfg, cfg.RNG_SEED)
+        else:
+            init_heads(model, cfg, cfg.RNG_SEED)
         if args.load_detectron:
             load_detectron_weights(model, args.load_detectron, cfg)
         elif args.load_ckpt:

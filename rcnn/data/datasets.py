@@ -23,8 +23,8 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from pycocotools.coco import COCO
 

@@ -7,9 +7,9 @@ float64 stored as float32, ``cv2.resize(fx=fy=scale, INTER_LINEAR)`` of the
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

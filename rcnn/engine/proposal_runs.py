@@ -11,8 +11,8 @@ read with the restricted unpickler and every image to test must have an entry.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,9 +27,17 @@ from detectron_parity.errors import UserError
 from rcnn.data.train_batch import TrainBatch
 from rcnn.engine.devices import rank_and_world
 from rcnn.engine.solver import build_optimizer, lr_at_iter
-from rcnn.engine.train_checkpoint import (checkpoint_period, export_detectron_pkl, final_path,
-                                          find_resume_checkpoint, is_snapshot_iter, load_training_checkpoint,
-                                          save_final, save_snapshot, snapshot_path)
+from rcnn.engine.train_checkpoint import (
+    checkpoint_period,
+    export_detectron_pkl,
+    final_path,
+    find_resume_checkpoint,
+    is_snapshot_iter,
+    load_training_checkpoint,
+    save_final,
+    save_snapshot,
+    snapshot_path,
+)
 from rcnn.engine.train_health import nonfinite_message, parameters_finite, start_warning
 from rcnn.engine.training_stats import TrainingStats, mean_over_ranks, open_tb_writer
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
