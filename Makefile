@@ -1,4 +1,5 @@
-# Two entry points (see README): `make demo` and `make test`.
+# Two entry points (see README): `make demo` and `make test` (ruff and mypy, then the tests;
+# their settings are in pyproject.toml).
 # Both create the virtual environment on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -20,6 +21,8 @@ demo: $(STAMP)
 	$(PY) tools/demo.py --output_dir demo_output
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests
 
 clean:

@@ -17,14 +17,16 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from convert.detectron_cfg import parse_detectron_cfg
 from convert.errors import ConvertError
 from convert.kinds import FileKind, cfg_for_file, detect_kind, orphan_group
 from convert.pickle_io import pickle_protocol, read_detectron_pkl
-from rcnn.config import ConfigError, cfg_from_yaml_text, load_cfg
+from detectron_parity import cli
+from rcnn.config import cfg_from_yaml_text, load_cfg
 from rcnn.naming import key_to_blob
 
 # convert.checkpoint (torch, torchvision: ~3 s) is imported only where a model or a .pt is
@@ -32,7 +34,6 @@ from rcnn.naming import key_to_blob
 
 _PKL = (".pkl",)
 _PT = (".pt", ".pth")
-_EXIT_BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,14 +185,14 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0, or 2 for bad input)."""
-    try:
-        args = _parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        _run(args)
-    except (ConvertError, ConfigError, OSError) as e:
-        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
-        return _EXIT_BAD_INPUT
+    return cli.run(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _run(args)
     return 0
 
 

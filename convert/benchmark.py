@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from parity.timing import spread
+from detectron_parity.timing import spread
 
 REPO = Path(__file__).resolve().parents[1]
 _MEASURE = r"""

@@ -27,10 +27,11 @@ import os
 import pickle
 import re
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ from convert.kinds import (
     orphan_group,
 )
 from convert.pickle_io import DetectronPkl, atomic_write, read_detectron_pkl, write_detectron_pkl
-from parity.fileio import file_sha256
+from detectron_parity.fileio import file_sha256
 from rcnn.config import CfgNode, cfg_from_yaml_text, cfg_to_yaml, load_cfg
 from rcnn.modeling import GeneralizedRCNN, UnsupportedModelError, build_model
 from rcnn.naming import blob_to_key, key_to_blob

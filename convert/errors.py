@@ -1,12 +1,15 @@
 """Exceptions of the converter.
 
-Every problem with the *input* (file, config, output location) is a ``ConvertError`` whose
+Every problem with the *input* of a conversion (file, config, output location) is a ``ConvertError`` whose
 message is a single line naming the file and what to do, so that the command line can print
-``error: <message>`` and exit with status 2 instead of a traceback.
+``error: <message>`` and exit with status 2 instead of a traceback (``ConvertError`` is a
+``detectron_parity.errors.UserError``).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from detectron_parity.errors import UserError
 
 if TYPE_CHECKING:
     from convert.checkpoint import LoadReport
@@ -18,7 +21,7 @@ def first_line(text: object, default: str) -> str:
     return lines[0] if lines else default
 
 
-class ConvertError(Exception):
+class ConvertError(UserError):
     """Bad input for the converter; ``str(e)`` is one line meant for the user."""
 
 
@@ -29,7 +32,7 @@ class UnsafePickleError(ConvertError):
 class WeightsMismatchError(ConvertError):
     """The blobs of a file do not fit the model; ``report`` lists every blob by name."""
 
-    def __init__(self, message: str, report: "LoadReport") -> None:
+    def __init__(self, message: str, report: LoadReport) -> None:
         super().__init__(message)
         self.report = report
 

@@ -20,13 +20,14 @@ import logging
 import os
 import pickle
 import struct
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Collection, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 import numpy as np
 
 from convert.errors import ConvertError, UnsafePickleError, first_line
-from parity.fileio import atomic_file
+from detectron_parity.fileio import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def read_detectron_pkl(path: str | os.PathLike[str]) -> DetectronPkl:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """``parity.fileio.atomic_file`` (no partial output, ever) with an unwritable location
+    """``detectron_parity.fileio.atomic_file`` (no partial output, ever) with an unwritable location
     reported as a ``ConvertError``."""
     try:
         with atomic_file(path) as f:

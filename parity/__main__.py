@@ -12,9 +12,17 @@ import os
 import sys
 from pathlib import Path
 
+from detectron_parity import cli
+from detectron_parity.fileio import (
+    InputError,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_path,
+    load_json,
+    split_label,
+)
 from parity import benchmark_md, compare, losses, match, zoo
 from parity.evaluate import BACKENDS, evaluate, summary_lines
-from parity.fileio import InputError, atomic_write_json, atomic_write_text, check_output_path, load_json, split_label
 from parity.records import IOU_TYPES
 from parity.reference import resolve_model
 
@@ -34,15 +42,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_proposals(args: argparse.Namespace) -> int:
     """Detectron's proposal recall of an ``rpn_proposals.pkl`` (``parity.proposals``)."""
-    from convert.errors import ConvertError
     from parity.proposals import evaluate_proposal_file
-    from rcnn.data.datasets import COCODataset, DatasetError
+    from rcnn.data.datasets import COCODataset
 
-    try:
-        dataset = COCODataset(args.ann, Path(args.ann).parent)
-        stats = evaluate_proposal_file(dataset, args.proposals)
-    except (ConvertError, DatasetError) as e:
-        raise InputError(str(e)) from None
+    dataset = COCODataset(args.ann, Path(args.ann).parent)
+    stats = evaluate_proposal_file(dataset, args.proposals)
     print("type=box_proposal")
     print("\n".join(stats.lines()))
     if args.out:
@@ -266,16 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if getattr(args, "out", None):
-            check_output_path(args.out)
-        return args.func(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "out", None):
+        check_output_path(args.out)
+    return args.func(args)
 
 
 if __name__ == "__main__":

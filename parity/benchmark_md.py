@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from detectron_parity.fileio import InputError, PathLike
 from parity import zoo
 from parity.compare import Row, reference_row
-from parity.fileio import InputError, PathLike
 from parity.metrics import Metrics
 from parity.records import IOU_TYPES
 from parity.reference import DETECTRON_MODEL_ZOO, MODELS, resolve_model
@@ -285,7 +285,8 @@ def _legacy_speed_table(entries: Sequence[dict[str, Any]]) -> str:
              "Measured by `tools/benchmark.py` (same images, same run, same machine; both pipelines from",
              "decoded uint8 images to pasted masks / decoded keypoints, 100 detections per image).",
              "Only ratios within one measurement are comparable.", "",
-             "| measurement | device | threads | torch | input | batch | model | ours s/img | torchvision s/img | ours faster by |",
+             "| measurement | device | threads | torch | input | batch | model | ours s/img | torchvision s/img "
+             "| ours faster by |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         size = "x".join(str(v) for v in e.get("size", [])) or "-"

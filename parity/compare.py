@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detectron_parity.fileio import InputError, load_json, split_label
 from parity.evaluate import STAT_NAMES, evaluate
-from parity.fileio import InputError, load_json, split_label
 from parity.metrics import Metrics
 from parity.proposals import AR_NAMES
 from parity.records import IOU_TYPES, infer_iou_types, load_gt

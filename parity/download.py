@@ -20,7 +20,7 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from parity.fileio import InputError, PathLike
+from detectron_parity.fileio import InputError, PathLike
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Ground truth: ``images`` images of 480x640 with a few boxes each (polygon masks); results:
 each ground-truth object seen several times with jittered boxes and masks, plus false
 positives, random scores (seeded). Both backends score the same records in the same
-process, in alternating pairs (:func:`parity.timing.ab_pairs`), and their stats must be
+process, in alternating pairs (:func:`detectron_parity.timing.ab_pairs`), and their stats must be
 the same: they may differ in the last bit (float summation order, ~1e-16), more than
 ``STATS_TOLERANCE`` raises; the largest difference and the bitwise verdict are reported.
 """
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 
+from detectron_parity.timing import ab_pairs
 from parity.evaluate import evaluate
-from parity.timing import ab_pairs
 
 _H, _W = 480, 640
 STATS_TOLERANCE = 1e-12

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.fileio import InputError
+from detectron_parity.fileio import InputError
 from parity.records import check_gt, check_iou_type, load_gt, load_results, validate_results
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def evaluate(
     or a list of result records; in-memory records give the same numbers as the same
     records written to JSON and read back (values are converted to plain Python numbers,
     and neither ``gt`` nor ``dets`` is modified). Records are validated first; bad input
-    raises :class:`~parity.fileio.InputError` naming the record. ``source`` names the
+    raises :class:`~detectron_parity.fileio.InputError` naming the record. ``source`` names the
     records in those messages (default: the path, or "results").
     """
     check_iou_type(iou_type)

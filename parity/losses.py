@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.fileio import InputError, PathLike, atomic_write_bytes, open_input
+from detectron_parity.fileio import InputError, PathLike, atomic_write_bytes, open_input
+from detectron_parity.logformat import MARKER
 
-MARKER = "json_stats: "
 MAIN_KEYS = ("loss", "loss_cls", "loss_bbox", "loss_rpn_cls", "loss_rpn_bbox", "loss_mask", "loss_kps")
 _LEVEL_RE = re.compile(r"^(loss_rpn_(?:cls|bbox))_fpn(\d+)$")
 

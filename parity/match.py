@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.fileio import InputError
+from detectron_parity.fileio import InputError
 from parity.records import IOU_TYPES, NUM_KEYPOINTS, infer_iou_types, load_gt, load_results, validate_results
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ class MatchReport:
         for name, d in dists:
             lines.append(f"{name:<24}{d.median:>12.6g}{d.p99:>12.6g}{d.max:>12.6g}")
         if self.worst_images:
-            lines.append(f"worst images: {'image_id':>12}{'A':>6}{'B':>6}{'matched':>9}{'unmatched':>11}{'min IoU':>10}{'max |ds|':>10}")
+            lines.append(f"worst images: {'image_id':>12}{'A':>6}{'B':>6}{'matched':>9}{'unmatched':>11}"
+                         f"{'min IoU':>10}{'max |ds|':>10}")
             for im in self.worst_images:
                 lines.append(f"{'':<14}{im.image_id:>12}{im.n_a:>6}{im.n_b:>6}{im.matched:>9}{im.unmatched:>11}"
                              f"{im.min_iou:>10.4f}{im.max_score_diff:>10.4f}")

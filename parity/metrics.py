@@ -28,10 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectron_parity.fileio import InputError, PathLike, atomic_write_json, load_json
 from parity.evaluate import STAT_NAMES, Stats
-from parity.fileio import InputError, PathLike, atomic_write_json, load_json
 from parity.proposals import AR_NAMES, ProposalStats
 from parity.records import IOU_TYPES
+
 
 @dataclass
 class Metrics:

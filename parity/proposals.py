@@ -159,7 +159,7 @@ def evaluate_proposal_file(dataset: Any, proposal_file: str | os.PathLike, image
     (``core/rpn_generator.py::evaluate_proposal_file``).
 
     ``image_ids`` restricts the evaluation (default: every image of the dataset, all of which
-    must have proposals). Bad files raise ``convert.errors.ConvertError`` with a one-line message.
+    must have proposals). Bad files raise ``rcnn.data.proposal_file.ProposalFileError`` with a one-line message.
     """
     from rcnn.data.proposal_file import proposals_for_images, read_proposal_file
     from rcnn.data.roidb import gt_entry

@@ -2,7 +2,7 @@
 
 pycocotools fails on bad input with bare ``AssertionError``/``KeyError``/``IndexError``
 deep inside ``loadRes`` or ``COCOeval`` (or, worse, silently scores a malformed record).
-Everything here checks the input first and raises :class:`~parity.fileio.InputError` with
+Everything here checks the input first and raises :class:`~detectron_parity.fileio.InputError` with
 a one-line message naming the file and the offending record, and otherwise leaves the
 records exactly as pycocotools will see them.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.fileio import InputError, PathLike, load_json
+from detectron_parity.fileio import InputError, PathLike, load_json
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
 NUM_KEYPOINTS = 17  # COCOeval's default OKS sigmas cover the 17 COCO person keypoints

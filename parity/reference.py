@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parity.fileio import InputError
+from detectron_parity.fileio import InputError
 from parity.zoo import ZooModel, catalog
 
 DETECTRON_PYTORCH_BENCHMARK = "roytseng-tw/Detectron.pytorch BENCHMARK.md @ ab028df7, 'Detectron' rows"

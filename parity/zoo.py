@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parity.fileio import InputError
+from detectron_parity.fileio import InputError
 
 CATALOG_FILE = Path(__file__).with_name("zoo_catalog.json")
 TASKS = ("box", "mask", "keypoint", "proposal")

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detectron_parity.errors import UserError
+from detectron_parity.fileio import InputError, PathLike, atomic_write_text
 from parity import benchmark_md, compare, zoo
 from parity.download import DownloadError, cache_dir, download, file_md5, published_md5
-from parity.fileio import InputError, PathLike, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,8 @@ def baseline(model: zoo.ZooModel, test_aug: bool) -> compare.Row:
 
 def run(name: str, options: ZooRunOptions) -> tuple[compare.Comparison, str]:
     """Download, convert, test and compare one zoo model; the comparison and its report text."""
-    from convert.errors import ConvertError
-    from rcnn.config import ConfigError, load_cfg
-    from rcnn.data.datasets import COCODataset, DatasetError, canonical_dataset_names
+    from rcnn.config import load_cfg
+    from rcnn.data.datasets import COCODataset, canonical_dataset_names
 
     model = zoo.get(name)
     if not model.is_detector:
@@ -105,18 +105,18 @@ def run(name: str, options: ZooRunOptions) -> tuple[compare.Comparison, str]:
         cfg = load_cfg(config_path(model), list(options.opts))
         (dataset_name,) = canonical_dataset_names([model.dataset or "coco_2014_minival"])
         dataset = COCODataset.from_catalog(dataset_name, options.data_root)
-    except (ConfigError, DatasetError) as e:
+    except UserError as e:
         raise InputError(f"{model.name}: {' '.join(str(e).split())}") from None
     if dataset.num_classes != cfg.MODEL.NUM_CLASSES:
         raise InputError(f"{model.name}: {dataset_name} under {options.data_root} has {dataset.num_classes} "
                          f"classes but the model has {cfg.MODEL.NUM_CLASSES}")
     # torch and the model code only now, so that bad input is reported at once
     from convert.checkpoint import pkl_to_pt
-    from rcnn.engine.devices import DeviceError, resolve_device
+    from rcnn.engine.devices import resolve_device
     from rcnn.engine.test_engine import TestSettings, run_test
     from rcnn.engine.weights import load_model
     from rcnn.inference.detector import Detector
-    from rcnn.modeling import UnsupportedModelError, build_model
+    from rcnn.modeling import build_model
 
     try:
         device = resolve_device(options.device)
@@ -132,7 +132,7 @@ def run(name: str, options: ZooRunOptions) -> tuple[compare.Comparison, str]:
         net, weights = load_model(cfg, load_ckpt=str(pt))
         settings = TestSettings(dataset_name, out_dir, 1, options.limit, False, progress=options.progress)
         metrics = run_test(cfg, Detector(net, cfg, device, 1), dataset, weights, settings, model.name)
-    except (ConfigError, DatasetError, ConvertError, UnsupportedModelError, DeviceError) as e:
+    except UserError as e:
         raise InputError(f"{model.name}: {' '.join(str(e).split())}") from None
     assert metrics is not None  # one process (several GPUs: tools/test_net.py under torchrun)
     run_row = compare.Row.from_metrics(out_dir.name, metrics)

@@ -30,11 +30,14 @@ import ast
 import logging
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
 from yacs.config import CfgNode
+
+from detectron_parity.errors import UserError
 
 __all__ = [
     "CfgNode",
@@ -51,7 +54,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value that Detectron would reject (one exception for callers)."""
 
 

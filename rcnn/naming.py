@@ -24,7 +24,7 @@ Detectron's parameter blob lists for the three R-50-FPN models.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 TENSOR_SUFFIX: Mapping[str, str] = {"weight": "w", "bias": "b", "scale": "s"}
 COMPONENTS = ("backbone", "fpn", "rpn", "box_head", "mask_head", "keypoint_head", "retinanet")

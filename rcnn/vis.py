@@ -6,7 +6,7 @@ Drawn with OpenCV so that no display or GUI backend is needed.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

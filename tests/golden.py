@@ -3,7 +3,7 @@ fixtures/golden/PROVENANCE.md for how and with which versions)."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +11,12 @@ import numpy as np
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 
 
-@lru_cache(maxsize=None)
+@cache
 def npz(name: str) -> dict:
     with np.load(GOLDEN / f"{name}.npz", allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 
-@lru_cache(maxsize=None)
+@cache
 def js(name: str):
     return json.loads((GOLDEN / f"{name}.json").read_text())

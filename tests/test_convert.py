@@ -164,7 +164,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def sha256(path: Path) -> str:
-    """Independent of ``parity.fileio.file_sha256``, which the converter uses."""
+    """Independent of ``detectron_parity.fileio.file_sha256``, which the converter uses."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -583,9 +583,12 @@ def _console_scripts() -> dict[str, str]:
 
 
 def test_console_scripts_resolve(capsys):
-    """setup.cfg's console scripts name the two ``main`` functions, whose --help works."""
+    """setup.cfg's console scripts name the ``main`` functions, whose --help works."""
     scripts = _console_scripts()
-    assert scripts == {"detectron-convert": "convert.__main__:main", "detectron-parity": "parity.__main__:main"}
+    assert scripts == {"detectron-convert": "convert.__main__:main", "detectron-parity": "parity.__main__:main",
+                       "detectron-test-net": "rcnn.commands.test_net:main",
+                       "detectron-train": "rcnn.commands.train_net_step:main",
+                       "detectron-infer": "rcnn.commands.infer_simple:main"}
     for name, target in scripts.items():
         module, func = target.split(":")
         with pytest.raises(SystemExit) as exit_info:

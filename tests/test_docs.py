@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SCANNED = ("rcnn", "convert", "parity", "tools", "tests")
+SCANNED = ("detectron_parity", "rcnn", "convert", "parity", "tools", "tests")
 
 _SECTION = r"\d+(?:\.\d+)*"
 # "docs/detectron.md §1.1, §1.6", "docs/detectron.md §2.1-2.6", "docs/c4.md §3 and §4".

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from convert.errors import ConvertError
 from convert.pickle_io import write_detectron_pkl
 from rcnn.config import load_cfg
-from rcnn.engine.weights import load_imagenet_backbone
+from rcnn.engine.weights import WeightsError, load_imagenet_backbone
 from rcnn.modeling import build_model
 from rcnn.modeling.init import init_heads
 from rcnn.naming import key_to_blob
@@ -61,5 +60,5 @@ def test_imagenet_body(tmp_path):
     del blobs["res5_2_branch2c_w"]
     blobs["res3_0_branch1_w"] = np.zeros((1, 1, 1, 1), np.float32)
     write_detectron_pkl(tmp_path / "bad.pkl", blobs, None)
-    with pytest.raises(ConvertError, match="1 missing .*res5_2_branch2c_w.*1 of another shape .*res3_0_branch1_w"):
+    with pytest.raises(WeightsError, match="1 missing .*res5_2_branch2c_w.*1 of another shape .*res3_0_branch1_w"):
         load_imagenet_backbone(model, tmp_path / "bad.pkl")

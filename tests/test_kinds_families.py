@@ -20,6 +20,7 @@ from tests.conftest import REPO_ROOT
 from tests.test_configs_shipped import SHIPPED
 from tests.test_families import _detectron_body
 
+
 @functools.cache
 def _meta_blobs(path: str) -> dict[str, tuple]:
     with torch.device("meta"):

@@ -75,15 +75,17 @@ def check(ours: torch.Tensor, ref: float, grad: torch.Tensor | None = None, ref_
 def test_rpn_losses_match_caffe2_ops():
     g = npz("targets_mask")
     rng = np.random.RandomState(0)
-    f32 = lambda name: torch.from_numpy(g[name])
-    targets = RPNTargets([f32(f"rpn_labels_int32_fpn{l}").long() for l in LEVELS],
-                         [f32(f"rpn_bbox_targets_fpn{l}") for l in LEVELS],
-                         [f32(f"rpn_bbox_inside_weights_fpn{l}") for l in LEVELS],
-                         [f32(f"rpn_bbox_outside_weights_fpn{l}") for l in LEVELS])
+    def f32(name: str) -> torch.Tensor:
+        return torch.from_numpy(g[name])
+
+    targets = RPNTargets([f32(f"rpn_labels_int32_fpn{lv}").long() for lv in LEVELS],
+                         [f32(f"rpn_bbox_targets_fpn{lv}") for lv in LEVELS],
+                         [f32(f"rpn_bbox_inside_weights_fpn{lv}") for lv in LEVELS],
+                         [f32(f"rpn_bbox_outside_weights_fpn{lv}") for lv in LEVELS])
     logits = [leaf(rng.normal(0, 2, t.shape)) for t in targets.labels]
     deltas = [leaf(rng.normal(0, 0.3, t.shape)) for t in targets.bbox_targets]
     out = rpn_losses(logits, deltas, targets, LEVELS, batch_size_per_im=256, ims_per_batch=2)
-    assert sorted(out) == sorted([f"loss_rpn_cls_fpn{l}" for l in LEVELS] + [f"loss_rpn_bbox_fpn{l}" for l in LEVELS])
+    assert sorted(out) == sorted([f"loss_rpn_cls_fpn{lv}" for lv in LEVELS] + [f"loss_rpn_bbox_fpn{lv}" for lv in LEVELS])
     sum(out.values()).backward()
     for k, lvl in enumerate(LEVELS):
         x = logits[k].detach().numpy().astype(np.float64)
@@ -96,12 +98,14 @@ def test_rpn_losses_match_caffe2_ops():
     # Sanity of the normalisation: with all-zero logits each labelled anchor costs log 2.
     labelled = sum(int((t >= 0).sum()) for t in targets.labels)
     zero = rpn_losses([torch.zeros(t.shape) for t in targets.labels], deltas, targets, LEVELS)
-    np.testing.assert_allclose(sum(float(zero[f"loss_rpn_cls_fpn{l}"]) for l in LEVELS), labelled * np.log(2) / 512,
+    np.testing.assert_allclose(sum(float(zero[f"loss_rpn_cls_fpn{lv}"]) for lv in LEVELS), labelled * np.log(2) / 512,
                                rtol=1e-6)
 
 
 def _roi_targets(g: dict) -> RoITargets:
-    f32 = lambda name: torch.from_numpy(g[name])
+    def f32(name: str) -> torch.Tensor:
+        return torch.from_numpy(g[name])
+
     return RoITargets(f32("rois"), f32("labels_int32").long(), f32("bbox_targets"), f32("bbox_inside_weights"),
                       f32("bbox_outside_weights"), torch.zeros(len(g["labels_int32"]), dtype=torch.int64))
 

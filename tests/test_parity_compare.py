@@ -7,10 +7,10 @@ import re
 
 import pytest
 
+from detectron_parity.fileio import InputError
 from parity import benchmark_md
 from parity.compare import Row, compare, delta_lines, load_run, pick_model, reference_row
 from parity.evaluate import STAT_NAMES, Stats
-from parity.fileio import InputError
 from parity.metrics import Metrics, load_metrics, save_metrics
 from parity.reference import MODELS, resolve_model
 

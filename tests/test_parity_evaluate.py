@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
+from detectron_parity.fileio import InputError
 from parity.evaluate import STAT_NAMES, Stats, evaluate, summary_lines
-from parity.fileio import InputError
 
 # (folder, ground truth, results, type, key in expected_stats.json)
 FILE_CASES = [

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from detectron_parity.fileio import InputError
 from parity.__main__ import main
-from parity.fileio import InputError
 from parity.losses import default_iterations, parse_lines, parse_log, plot, table_lines, trailing_mean
 
 LEVELS = range(2, 7)

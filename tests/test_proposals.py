@@ -36,8 +36,10 @@ def test_batch_of_two_images_equals_each_alone():
     d2 = np.ascontiguousarray(d[:, :, ::-1, :])
     info = g["p4_test_im_info"]
     params = ProposalParams(1000, 1000, 0.7, 0)
-    run = lambda sc, de, ii: generate_proposals([torch.from_numpy(sc)], [torch.from_numpy(de)],
-                                                torch.from_numpy(ii), [4], [128], (0.5, 1, 2), params)
+    def run(sc, de, ii):
+        return generate_proposals([torch.from_numpy(sc)], [torch.from_numpy(de)], torch.from_numpy(ii), [4], [128],
+                                  (0.5, 1, 2), params)
+
     both, _ = run(np.concatenate([s, s2]), np.concatenate([d, d2]), np.concatenate([info, info]))
     first, _ = run(s, d, info)
     second, _ = run(s2, d2, info)

@@ -6,10 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from convert.errors import ConvertError
 from parity.proposals import AR_NAMES, box_proposal_recall, box_proposal_stats, evaluate_proposal_file
 from rcnn.data.datasets import COCODataset
-from rcnn.data.proposal_file import proposals_for_images, read_proposal_file, write_proposal_file
+from rcnn.data.proposal_file import (
+    ProposalFileError,
+    proposals_for_images,
+    read_proposal_file,
+    write_proposal_file,
+)
 from rcnn.data.roidb import gt_entry
 
 
@@ -74,10 +78,10 @@ def test_test_time_roidb_exact(mini, golden):
 
 def test_missing_and_repeated_images_refused(golden, tmp_path):
     pf = read_proposal_file(golden["pkl"])
-    with pytest.raises(ConvertError, match="no proposals for 1 of the 2 images"):
+    with pytest.raises(ProposalFileError, match="no proposals for 1 of the 2 images"):
         proposals_for_images(pf, [(pf.ids[0], 10, 10), (123, 10, 10)], "x.pkl")
     pf.ids[1] = pf.ids[0]
-    with pytest.raises(ConvertError, match="two proposal entries"):
+    with pytest.raises(ProposalFileError, match="two proposal entries"):
         proposals_for_images(pf, [(pf.ids[0], 10, 10)], "x.pkl")
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from detectron_parity.timing import ab_pairs
 from parity import benchmark_md
-from parity.timing import ab_pairs
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -25,7 +25,7 @@ def tools_path():
 
 def test_ab_pairs_alternates_order_and_reports_ratio_spread(monkeypatch):
     calls, clock = [], iter(np.arange(0.0, 100.0, 1.0))
-    monkeypatch.setattr("parity.timing.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("detectron_parity.timing.time.perf_counter", lambda: next(clock))
     out = ab_pairs(lambda: calls.append("a"), lambda: calls.append("b"), iters=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]   # warm-up, then A B, B A, A B
     assert out["a"]["n"] == out["b"]["n"] == out["ratio"]["n"] == 3

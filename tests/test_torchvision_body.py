@@ -3,9 +3,9 @@ import pytest
 import torch
 import torchvision
 
-from convert.errors import ConvertError
 from rcnn.config import load_cfg
 from rcnn.engine.torchvision_body import fold_batch_norm, load_torchvision_backbone
+from rcnn.engine.weights import WeightsError
 from rcnn.modeling import build_model
 from tests.models import CONFIGS
 
@@ -53,15 +53,15 @@ def test_body_equals_torchvision_forward(tv_resnet):
 def test_stride_1x1_and_foreign_files_are_refused(tv_resnet, tmp_path):
     _, path = tv_resnet
     cfg = load_cfg(CONFIGS["faster"])
-    with pytest.raises(ConvertError, match="STRIDE_1X1 False"):
+    with pytest.raises(WeightsError, match="STRIDE_1X1 False"):
         load_torchvision_backbone(build_model(cfg), cfg, path)
     cfg = load_cfg(CONFIGS["faster"], ["RESNETS.STRIDE_1X1", "False"])
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(3)}, other)
-    with pytest.raises(ConvertError, match="not a torchvision ResNet"):
+    with pytest.raises(WeightsError, match="not a torchvision ResNet"):
         load_torchvision_backbone(build_model(cfg), cfg, other)
     state = torch.load(path, weights_only=True)
     del state["layer3.2.bn1.running_var"]
     torch.save(state, other)
-    with pytest.raises(ConvertError, match="layer3.2.bn1 lacks running_var"):
+    with pytest.raises(WeightsError, match="layer3.2.bn1 lacks running_var"):
         load_torchvision_backbone(build_model(cfg), cfg, other)

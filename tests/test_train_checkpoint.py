@@ -22,7 +22,7 @@ from rcnn.engine.train_checkpoint import (
     save_snapshot,
     snapshot_path,
 )
-from rcnn.engine.weights import load_model
+from rcnn.engine.weights import WeightsError, load_model
 from rcnn.modeling import build_model
 from tests.conftest import REPO_ROOT
 
@@ -191,15 +191,15 @@ def test_momentum_must_match_the_trained_parameters(tmp_path):
     path = save_snapshot(tmp_path, model, opt, cfg, 19)
     frozen_more = _fresh()
     frozen_more.box_head.fc6.weight.requires_grad_(False)
-    with pytest.raises(ConvertError, match=r"1 not trained now \['fc6_w_momentum'\]"):
+    with pytest.raises(WeightsError, match=r"1 not trained now \['fc6_w_momentum'\]"):
         load_training_checkpoint(path, frozen_more, build_optimizer(frozen_more, cfg))
     frozen_less = _fresh()
     frozen_less.backbone.conv1.weight.requires_grad_(True)
-    with pytest.raises(ConvertError, match=r"1 missing \['conv1_w_momentum'\], 0 not trained now"):
+    with pytest.raises(WeightsError, match=r"1 missing \['conv1_w_momentum'\], 0 not trained now"):
         load_training_checkpoint(path, frozen_less, build_optimizer(frozen_less, cfg))
     other = nn.Module()
     other.box_head = nn.ModuleDict({"fc6": nn.Linear(3, 2)})
-    with pytest.raises(ConvertError, match="does not fit the model"):
+    with pytest.raises(WeightsError, match="does not fit the model"):
         load_training_checkpoint(path, other, build_optimizer(other, cfg))
 
 

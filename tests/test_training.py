@@ -91,9 +91,9 @@ def test_loss_goes_down_on_a_fixed_batch(shared_data, imagenet_pkl):
     """A few steps on the same minibatch lower its loss (the gradients are right)."""
     from rcnn.data.loader import build_train_loader
     from rcnn.data.roidb import open_datasets, roidb_from_cfg
-    from rcnn.modeling.init import init_heads
     from rcnn.engine.solver import build_optimizer
     from rcnn.engine.weights import load_imagenet_backbone
+    from rcnn.modeling.init import init_heads
     from rcnn.modeling.rpn_targets import RandomSampler
     from rcnn.modeling.training import METRICS
 

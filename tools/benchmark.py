@@ -12,7 +12,7 @@ pickle.load, faster-coco-eval vs pycocotools.
 infer/train: ``rcnn.engine.benchmark`` (calibrated weights for ours, random weights and
 ``box_score_thresh=0`` for torchvision: 100 detections per image on both sides); every
 mode times the two sides in alternating pairs and reports medians and the spread of the
-per-pair ratio (``parity.timing``). Only ratios within one run are comparable.
+per-pair ratio (``detectron_parity.timing``). Only ratios within one run are comparable.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from parity.fileio import atomic_write_json
+from detectron_parity import cli
+from detectron_parity.fileio import atomic_write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -147,6 +148,10 @@ def _command() -> str | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return cli.run(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     result = run(args, (lambda r: atomic_write_json(args.json, r)) if args.json else (lambda r: None))
     if args.mode == "convert":
         c = result["convert"]

@@ -26,11 +26,10 @@ import cv2
 from tqdm import tqdm
 
 from convert.checkpoint import pkl_to_pt
-from convert.errors import ConvertError
+from detectron_parity import cli
 from parity import compare
 from rcnn.data.datasets import COCODataset
 from rcnn.engine.test_engine import TestSettings, run_test
-from rcnn.engine.train_engine import TrainingError
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector
 from rcnn.toy import KINDS, ap50, config_path, make_shapes_dataset, train_toy
@@ -62,11 +61,7 @@ def main(argv=None) -> int:
     if args.images < 2 or (args.iters is not None and args.iters < 5):
         p.error("--images must be >= 2 and --iters >= 5")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(Path(args.output_dir), args.images, args.kinds, args.iters)
-    except (OSError, ConvertError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: run(Path(args.output_dir), args.images, args.kinds, args.iters))
 
 
 def run(out: Path, num_images: int, kinds: list[str], iters: int | None) -> int:

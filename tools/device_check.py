@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from parity.fileio import atomic_write_json
+from detectron_parity import cli
+from detectron_parity.fileio import atomic_write_json
 from parity.match import match_records
 from rcnn.data.preprocess import read_image
 from rcnn.engine import benchmark as bench
@@ -37,7 +38,6 @@ from rcnn.inference.detector import Detector
 from rcnn.modeling import build_model
 from rcnn.synthetic import calibrate
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_IOU, MIN_MATCHED = 0.99, 0.99
 
 
@@ -114,6 +114,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-benchmark", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", "device_check_out"))
     args = p.parse_args(argv)
+    return cli.run(lambda: _check(args))
+
+
+def _check(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

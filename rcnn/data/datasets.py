@@ -23,10 +23,12 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from pycocotools.coco import COCO
+
+from detectron_parity.errors import UserError
 
 __all__ = [
     "COCO_CATEGORY_IDS",
@@ -45,7 +47,7 @@ __all__ = [
 DATA_ROOT_ENV = "DETECTRON_DATA_ROOT"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """An unknown dataset name, or a data root, annotation file or image folder that is not there."""
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np

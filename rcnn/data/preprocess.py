@@ -7,18 +7,20 @@ float64 stored as float32, ``cv2.resize(fx=fy=scale, INTER_LINEAR)`` of the
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
+
+from detectron_parity.errors import UserError
 
 # Detectron's cfg.PIXEL_MEANS (BGR), float64 on purpose: see prepare_image.
 PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]], dtype=np.float64)
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file is missing or cannot be decoded."""
 
 

@@ -6,7 +6,7 @@ descending score], 'scores': [per image (N,) float32], 'ids': [COCO image id], '
 old files name the ids ``'indexes'``. A downloaded proposal file is untrusted input exactly
 like a downloaded weights file, so it is read with the same restricted unpickler
 (``convert.pickle_io.load_pickle``: no code runs, object arrays refused) and then checked
-entry by entry; every problem is a one-line ``ConvertError``.
+entry by entry; every problem is a one-line ``ProposalFileError``.
 
 ``image_proposals`` is ``datasets/json_dataset.py::_add_proposals_from_file`` for one image:
 clip to ``[0, W-1] x [0, H-1]`` (``clip_boxes_to_image``), drop boxes whose rounded
@@ -24,10 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convert.errors import ConvertError
 from convert.pickle_io import load_pickle, write_proposals_pkl
+from detectron_parity.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+
+class ProposalFileError(UserError):
+    """A proposal file that is missing, is no Detectron proposals dict, or lacks images."""
 
 # utils/boxes.py::unique_boxes hashes rounded coordinates with these weights.
 _UNIQUE_WEIGHTS = np.array([1, 1e3, 1e6, 1e9])
@@ -47,7 +51,7 @@ class ProposalFile:
         index: dict[int, int] = {}
         for i, image_id in enumerate(self.ids):
             if image_id in index:
-                raise ConvertError(f"{source}: image id {image_id} has two proposal entries ({index[image_id]} and {i})")
+                raise ProposalFileError(f"{source}: image id {image_id} has two proposal entries ({index[image_id]} and {i})")
             index[image_id] = i
         return index
 
@@ -61,11 +65,11 @@ def _text(value: object) -> str | None:
 def _boxes(value: object, i: int, source: str) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
         what = f"array of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
-        raise ConvertError(f"{source}: boxes[{i}] is a {what}, not a float (N, 4) array")
+        raise ProposalFileError(f"{source}: boxes[{i}] is a {what}, not a float (N, 4) array")
     if value.ndim != 2 or value.shape[1] != 4:
-        raise ConvertError(f"{source}: boxes[{i}] has shape {value.shape}, not (N, 4)")
+        raise ProposalFileError(f"{source}: boxes[{i}] has shape {value.shape}, not (N, 4)")
     if not np.isfinite(value).all():
-        raise ConvertError(f"{source}: boxes[{i}] holds a NaN or infinite coordinate")
+        raise ProposalFileError(f"{source}: boxes[{i}] holds a NaN or infinite coordinate")
     return value
 
 
@@ -73,7 +77,7 @@ def _scores(value: object, num: int, i: int, source: str) -> np.ndarray:
     # Detectron squeezes the (N, 1) probabilities: one proposal gives a 0-d array.
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.size != num or value.ndim > 2:
         what = f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-        raise ConvertError(f"{source}: scores[{i}] is a {what}, not {num} scores for boxes[{i}]")
+        raise ProposalFileError(f"{source}: scores[{i}] is a {what}, not {num} scores for boxes[{i}]")
     return value.reshape(num)
 
 
@@ -82,24 +86,24 @@ def read_proposal_file(path: str | os.PathLike[str]) -> ProposalFile:
     source = os.fspath(path)
     top = load_pickle(path)
     if not isinstance(top, Mapping):
-        raise ConvertError(f"{source} holds a pickled {type(top).__name__}, not a Detectron proposals dict")
+        raise ProposalFileError(f"{source} holds a pickled {type(top).__name__}, not a Detectron proposals dict")
     top = {_text(k): v for k, v in top.items()}
     id_field = "indexes" if "indexes" in top else "ids"   # json_dataset's compatibility rule
     missing = [k for k in ("boxes", "scores", id_field) if k not in top]
     if missing:
-        raise ConvertError(f"{source}: not a Detectron proposals file (no {', '.join(repr(k) for k in missing)} "
+        raise ProposalFileError(f"{source}: not a Detectron proposals file (no {', '.join(repr(k) for k in missing)} "
                            f"key; it has {sorted(str(k) for k in top)})")
     lists = {k: top[k] for k in ("boxes", "scores", id_field)}
     for key, value in lists.items():
         if not isinstance(value, (list, tuple)):
-            raise ConvertError(f"{source}: {key!r} is a {type(value).__name__}, not a list with one entry per image")
+            raise ProposalFileError(f"{source}: {key!r} is a {type(value).__name__}, not a list with one entry per image")
     lengths = {k: len(v) for k, v in lists.items()}
     if len(set(lengths.values())) != 1:
-        raise ConvertError(f"{source}: 'boxes', 'scores' and {id_field!r} differ in length ({lengths})")
+        raise ProposalFileError(f"{source}: 'boxes', 'scores' and {id_field!r} differ in length ({lengths})")
     ids = []
     for i, image_id in enumerate(lists[id_field]):
         if isinstance(image_id, bool) or not isinstance(image_id, numbers.Integral):
-            raise ConvertError(f"{source}: {id_field}[{i}] is a {type(image_id).__name__}, not an image id")
+            raise ProposalFileError(f"{source}: {id_field}[{i}] is a {type(image_id).__name__}, not an image id")
         ids.append(int(image_id))
     boxes = [_boxes(b, i, source) for i, b in enumerate(lists["boxes"])]
     scores = [_scores(s, len(b), i, source) for i, (s, b) in enumerate(zip(lists["scores"], boxes))]
@@ -149,7 +153,7 @@ def boxes_by_image(proposals: ProposalFile, image_ids: Sequence[int], source: st
     index = proposals.by_image_id(source)
     absent = [image_id for image_id in image_ids if image_id not in index]
     if absent:
-        raise ConvertError(f"{source} has no proposals for {len(absent)} of the {len(image_ids)} images "
+        raise ProposalFileError(f"{source} has no proposals for {len(absent)} of the {len(image_ids)} images "
                            f"(first image id: {absent[0]}): a proposal file of another dataset?")
     return {image_id: proposals.boxes[index[image_id]] for image_id in image_ids}
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -59,7 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # A catalog name, an (annotation json, image folder) pair, or an opened dataset.
-DatasetSpec = Union[str, tuple[Union[str, os.PathLike], Union[str, os.PathLike]], COCODataset]
+DatasetSpec = str | tuple[str | os.PathLike, str | os.PathLike] | COCODataset
 
 
 @dataclass

@@ -26,7 +26,7 @@ class ImageTargets:
     flipped: bool = False
     image_id: int = -1
 
-    def to(self, device: torch.device | str) -> "ImageTargets":
+    def to(self, device: torch.device | str) -> ImageTargets:
         kp = self.keypoints.to(device) if self.keypoints is not None else None
         return replace(self, boxes=self.boxes.to(device), classes=self.classes.to(device),
                        is_crowd=self.is_crowd.to(device), keypoints=kp)
@@ -40,6 +40,6 @@ class TrainBatch:
     im_info: Tensor                  # (B, 3) float32 [scaled height, scaled width (unpadded), im_scale]
     targets: list[ImageTargets]
 
-    def to(self, device: torch.device | str) -> "TrainBatch":
+    def to(self, device: torch.device | str) -> TrainBatch:
         return TrainBatch(self.blob.to(device, non_blocking=True), self.im_info.to(device),
                           [t.to(device) for t in self.targets])

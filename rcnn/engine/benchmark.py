@@ -6,7 +6,7 @@ would: per-image detections with pasted masks / decoded keypoints (inference), o
 optimizer step (training, 3 ground-truth boxes per image as ../shared/bench does).
 Ours has calibrated weights (``rcnn.synthetic.calibrate``) so that 100 detections per
 image survive; torchvision has random weights with ``box_score_thresh=0`` for the same
-worst case. The timing is :func:`parity.timing.ab_pairs` (alternating pairs).
+worst case. The timing is :func:`detectron_parity.timing.ab_pairs` (alternating pairs).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torchvision
 
-from parity.timing import ab_pairs
+from detectron_parity.timing import ab_pairs
 from rcnn.config import load_cfg
 from rcnn.data.preprocess import images_to_blob
 from rcnn.data.train_batch import ImageTargets, TrainBatch

@@ -10,8 +10,10 @@ import os
 import torch
 import torch.distributed as dist
 
+from detectron_parity.errors import UserError
 
-class DeviceError(ValueError):
+
+class DeviceError(UserError, ValueError):
     """The requested device does not exist here."""
 
 

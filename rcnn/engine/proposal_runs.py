@@ -11,16 +11,16 @@ read with the restricted unpickler and every image to test must have an entry.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from convert.detectron_cfg import dump_detectron_cfg
-from convert.errors import ConvertError
 from parity.proposals import ProposalStats, evaluate_proposal_file
 from rcnn.data.datasets import COCODataset
 from rcnn.data.proposal_file import (
+    ProposalFileError,
     boxes_by_image,
     read_proposal_file,
     write_proposal_file,
@@ -39,16 +39,16 @@ def proposal_file_of(cfg, override: str | None) -> Path:
         return Path(override)
     files = cfg.TEST.PROPOSAL_FILES
     if len(files) != 1:
-        raise ConvertError(f"the model needs one proposal file (TEST.PROPOSAL_FILES has {len(files)}): pass --proposals")
+        raise ProposalFileError(f"the model needs one proposal file (TEST.PROPOSAL_FILES has {len(files)}): pass --proposals")
     if "://" in files[0]:
-        raise ConvertError(f"TEST.PROPOSAL_FILES is the URL {files[0]}: download it and pass --proposals FILE")
+        raise ProposalFileError(f"TEST.PROPOSAL_FILES is the URL {files[0]}: download it and pass --proposals FILE")
     return Path(files[0])
 
 
 def load_test_proposals(path: Path, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
     """``{image id: (N, 4) boxes as in the file}`` for the images to test."""
     if not path.is_file():
-        raise ConvertError(f"proposal file {path} does not exist")
+        raise ProposalFileError(f"proposal file {path} does not exist")
     boxes = boxes_by_image(read_proposal_file(path), image_ids, str(path))
     logger.info("read proposals of %d images from %s", len(boxes), path)
     return boxes

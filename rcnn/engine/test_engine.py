@@ -20,17 +20,17 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from detectron_parity.fileio import InputError, atomic_write_json
 from parity.evaluate import evaluate
-from parity.fileio import InputError, atomic_write_json
 from parity.metrics import Metrics, save_metrics
 from rcnn.config import cfg_to_yaml
 from rcnn.data.datasets import COCODataset

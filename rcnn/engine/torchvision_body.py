@@ -27,7 +27,7 @@ import re
 import torch
 from torch import Tensor
 
-from convert.errors import ConvertError
+from rcnn.engine.weights import WeightsError
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,13 @@ def read_torchvision_state(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ConvertError(f"torchvision weights file {path} does not exist") from None
+        raise WeightsError(f"torchvision weights file {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:   # not a torch file
-        raise ConvertError(f"{path} is not a torch state dict: {' '.join(str(e).split())[:200]}") from None
+        raise WeightsError(f"{path} is not a torch state dict: {' '.join(str(e).split())[:200]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "layer1.0.conv1.weight" not in state:
-        raise ConvertError(f"{path} is not a torchvision ResNet state dict (no layer1.0.conv1.weight)")
+        raise WeightsError(f"{path} is not a torchvision ResNet state dict (no layer1.0.conv1.weight)")
     return state
 
 
@@ -74,11 +74,11 @@ def read_torchvision_state(path: str | os.PathLike) -> dict[str, Tensor]:
 def load_torchvision_backbone(model: GeneralizedRCNN, cfg, path: str | os.PathLike, eps: float = 1e-5) -> int:
     """Fill ``model.backbone`` from a torchvision ResNet state dict (strict on the body).
 
-    Returns the number of body tensors set. Raises ``ConvertError`` for ``STRIDE_1X1: True``,
+    Returns the number of body tensors set. Raises ``WeightsError`` for ``STRIDE_1X1: True``,
     missing or extra body tensors, or another shape.
     """
     if cfg.RESNETS.STRIDE_1X1:
-        raise ConvertError("torchvision ResNets stride on the 3x3 conv: set RESNETS.STRIDE_1X1 False "
+        raise WeightsError("torchvision ResNets stride on the 3x3 conv: set RESNETS.STRIDE_1X1 False "
                            "(--set RESNETS.STRIDE_1X1 False)")
     state = read_torchvision_state(path)
     target = model.backbone.state_dict()
@@ -106,7 +106,7 @@ def load_torchvision_backbone(model: GeneralizedRCNN, cfg, path: str | os.PathLi
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in new.items()
              if k in target and v.shape != target[k].shape]
     if missing or extra or wrong or problems:
-        raise ConvertError(f"{path} does not hold this ResNet body: {len(missing)} missing ({', '.join(missing[:4])}), "
+        raise WeightsError(f"{path} does not hold this ResNet body: {len(missing)} missing ({', '.join(missing[:4])}), "
                            f"{len(extra) + len(problems)} unexpected ({', '.join((extra + problems)[:4])}), "
                            f"{len(wrong)} of another shape ({', '.join(wrong[:4])})")
     for key, tensor in target.items():

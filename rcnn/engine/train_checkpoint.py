@@ -28,17 +28,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from convert.checkpoint import LoadReport, pt_to_pkl, read_checkpoint, save_checkpoint
-from convert.errors import ConvertError
 from rcnn.config import CfgNode, ConfigError
 from rcnn.engine.solver import MomentumSGD
+from rcnn.engine.weights import WeightsError
 from rcnn.naming import key_to_blob
 
 logger = logging.getLogger(__name__)
@@ -162,17 +163,17 @@ def load_training_checkpoint(path: str | os.PathLike[str], model: nn.Module, opt
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())
-        raise ConvertError(f"{name} does not fit the model: {detail[:500]}") from None
+        raise WeightsError(f"{name} does not fit the model: {detail[:500]}") from None
     trained = _trained_parameters(model, optimizer)
     saved = {b for b in ckpt.extra_blobs if b.endswith(MOMENTUM_SUFFIX)}
     missing, unexpected = sorted(set(trained) - saved), sorted(saved - set(trained))
     if missing or unexpected:
-        raise ConvertError(f"{name}: momentum does not match the trained parameters: "
+        raise WeightsError(f"{name}: momentum does not match the trained parameters: "
                            f"{len(missing)} missing {missing[:5]}, {len(unexpected)} not trained now {unexpected[:5]}")
     for blob, param in trained.items():
         buf = ckpt.extra_blobs[blob]
         if buf.shape != param.shape:
-            raise ConvertError(f"{name}: {blob} has shape {tuple(buf.shape)}, the parameter {tuple(param.shape)}")
+            raise WeightsError(f"{name}: {blob} has shape {tuple(buf.shape)}, the parameter {tuple(param.shape)}")
         optimizer.state[param]["momentum_buffer"] = buf.to(device=param.device, dtype=param.dtype).clone()
     lr = ckpt.meta.get("lr")
     if lr is not None:

@@ -15,20 +15,29 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from detectron_parity.errors import UserError
 from rcnn.data.train_batch import TrainBatch
 from rcnn.engine.devices import rank_and_world
 from rcnn.engine.solver import build_optimizer, lr_at_iter
-from rcnn.engine.train_checkpoint import (checkpoint_period, export_detectron_pkl, final_path,
-                                          find_resume_checkpoint, is_snapshot_iter, load_training_checkpoint,
-                                          save_final, save_snapshot, snapshot_path)
+from rcnn.engine.train_checkpoint import (
+    checkpoint_period,
+    export_detectron_pkl,
+    final_path,
+    find_resume_checkpoint,
+    is_snapshot_iter,
+    load_training_checkpoint,
+    save_final,
+    save_snapshot,
+    snapshot_path,
+)
 from rcnn.engine.train_health import nonfinite_message, parameters_finite, start_warning
 from rcnn.engine.training_stats import TrainingStats, mean_over_ranks, open_tb_writer
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
@@ -38,8 +47,11 @@ from rcnn.modeling.training import METRICS
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN loss, as Detectron's ``handle_critical_error``)."""
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (a NaN loss, as Detectron's ``handle_critical_error``): a failed
+    run, not bad input, hence exit status 1."""
+
+    exit_status = 1
 
 
 @dataclass

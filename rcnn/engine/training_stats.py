@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from parity.losses import MARKER  # the line prefix `parity losses` looks for
+from detectron_parity.logformat import MARKER  # the line prefix `parity losses` looks for
 from rcnn.engine.devices import rank_and_world
 
 

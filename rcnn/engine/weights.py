@@ -14,14 +14,19 @@ from pathlib import Path
 import torch
 
 from convert.checkpoint import load_detectron_weights, read_checkpoint
-from convert.errors import ConvertError
 from convert.pickle_io import read_detectron_pkl
-from parity.fileio import file_sha256
+from detectron_parity.errors import UserError
+from detectron_parity.fileio import file_sha256
 from rcnn.config import cfg_from_yaml_text
 from rcnn.modeling import GeneralizedRCNN, build_model
 from rcnn.naming import key_to_blob
 
 logger = logging.getLogger(__name__)
+
+
+class WeightsError(UserError):
+    """A weights file or checkpoint that is missing or does not fit the model (problems of a
+    conversion are ``convert.errors.ConvertError``)."""
 
 _FAMILY_KEYS = ("MODEL.CONV_BODY", "MODEL.NUM_CLASSES", "MODEL.MASK_ON", "MODEL.KEYPOINTS_ON",
                 "MODEL.CLS_AGNOSTIC_BBOX_REG", "KRCNN.NUM_KEYPOINTS")
@@ -51,13 +56,13 @@ def load_checkpoint_weights(model: GeneralizedRCNN, cfg, path: str | os.PathLike
     diffs = [f"{k} {_get(saved, k)!r} (checkpoint) vs {_get(cfg, k)!r} (--cfg)"
              for k in _FAMILY_KEYS if _get(saved, k) != _get(cfg, k)]
     if diffs:
-        raise ConvertError(f"{path} was made for another model: " + "; ".join(diffs))
+        raise WeightsError(f"{path} was made for another model: " + "; ".join(diffs))
     try:
         result = model.load_state_dict(ckpt.state_dict, strict=False)
     except RuntimeError as e:   # a shape mismatch
-        raise ConvertError(f"{path} does not fit the model: {' '.join(str(e).split())[:400]}") from None
+        raise WeightsError(f"{path} does not fit the model: {' '.join(str(e).split())[:400]}") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ConvertError(f"{path} does not fit the model: missing {result.missing_keys[:10]}, "
+        raise WeightsError(f"{path} does not fit the model: missing {result.missing_keys[:10]}, "
                            f"unexpected {result.unexpected_keys[:10]}")
     source = "zoo" if "source_sha256" in ckpt.meta else ckpt.meta.get("weights_source", "scratch")
     return WeightsInfo(str(path), file_sha256(path), "checkpoint", str(source))
@@ -69,7 +74,7 @@ def load_model(cfg, load_detectron: str | None = None, load_ckpt: str | None = N
         raise ValueError("give exactly one of load_detectron / load_ckpt")
     path = load_detectron or load_ckpt
     if not Path(path).is_file():
-        raise ConvertError(f"weights file {path} does not exist")
+        raise WeightsError(f"weights file {path} does not exist")
     model = build_model(cfg)
     if load_detectron:
         load_detectron_weights(model, load_detectron, cfg)
@@ -98,7 +103,7 @@ def load_imagenet_backbone(model: GeneralizedRCNN, path: str | os.PathLike) -> l
         elif tuple(blobs[blob].shape) != tuple(tensor.shape):
             wrong.append(f"{blob} {tuple(blobs[blob].shape)} vs {tuple(tensor.shape)}")
     if missing or wrong:
-        raise ConvertError(f"{path} does not hold this ResNet body: {len(missing)} missing "
+        raise WeightsError(f"{path} does not hold this ResNet body: {len(missing)} missing "
                                    f"({', '.join(missing[:5])}), {len(wrong)} of another shape ({', '.join(wrong[:5])})")
     used = set()
     for key, tensor in state.items():   # state_dict tensors share the module's storage

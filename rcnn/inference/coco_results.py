@@ -8,7 +8,7 @@ or the float32 mean of the logit/prob rows.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

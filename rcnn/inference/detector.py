@@ -10,25 +10,24 @@ device instead, within float rounding of OpenCV: ``fast_postprocess``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, prepare
+from rcnn.data.proposal_file import image_proposals
 from rcnn.inference.fast_postprocess import heatmaps_to_keypoints_fast, paste_and_encode_fast
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
 from rcnn.inference.precomputed import batch_proposals, dedup_rois
 from rcnn.inference.retinanet import RetinaNetTestParams, retinanet_detections
-from rcnn.data.proposal_file import image_proposals
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
 from rcnn.ops import boxes as box_ops
-
 
 
 @dataclass
@@ -140,7 +139,7 @@ class Detector:
         return self.finish(len(prepared), self.forward(prepared))
 
     @torch.no_grad()
-    def forward(self, prepared: Sequence[PreparedImage]) -> list[tuple[list[int], "DeviceOutputs"]]:
+    def forward(self, prepared: Sequence[PreparedImage]) -> list[tuple[list[int], DeviceOutputs]]:
         """The device part for prepared images: one forward pass per batch of equal blob size.
 
         ``finish`` does the host part; keeping them apart lets a caller overlap the host
@@ -151,7 +150,7 @@ class Detector:
         return [(idx, self._forward_batch([prepared[i] for i in idx]))
                 for idx in _batches(prepared, self.batch_size, self.blob_stride)]
 
-    def finish(self, count: int, outputs: list[tuple[list[int], "DeviceOutputs"]]) -> list[ImageDetections]:
+    def finish(self, count: int, outputs: list[tuple[list[int], DeviceOutputs]]) -> list[ImageDetections]:
         """The host part (mask paste, keypoint decode with OpenCV), in input order; thread-safe."""
         results: list[ImageDetections | None] = [None] * count
         for idx, out in outputs:
@@ -159,7 +158,7 @@ class Detector:
                 results[i] = det
         return results  # type: ignore[return-value]
 
-    def _forward_batch(self, batch: Sequence[PreparedImage]) -> "DeviceOutputs":
+    def _forward_batch(self, batch: Sequence[PreparedImage]) -> DeviceOutputs:
         cfg, dev = self.cfg, self.device
         blob = torch.from_numpy(images_to_blob([p.data for p in batch], self.blob_stride)).to(dev)
         if self.retinanet_params is not None:   # core/test_retinanet.py: no proposals, no RoI heads
@@ -217,7 +216,7 @@ class Detector:
 
     @staticmethod
     def _proposal_outputs(batch: Sequence[PreparedImage], rois: Tensor, probs: Tensor,
-                          scales32: Tensor) -> "DeviceOutputs":
+                          scales32: Tensor) -> DeviceOutputs:
         """RPN-only models: the collected proposals in original-image coordinates (rois / im_scale,
         ``core/rpn_generator.py::im_proposals``), class 0, in descending probability per image."""
         image_index = rois[:, 0].to(torch.int64)
@@ -226,7 +225,7 @@ class Detector:
         return DeviceOutputs(list(batch), boxes.cpu().numpy(), probs.cpu().numpy(),
                              np.zeros(len(probs), np.int64), np.concatenate(([0], np.cumsum(counts))).tolist())
 
-    def _finish_batch(self, out: "DeviceOutputs") -> list[ImageDetections]:
+    def _finish_batch(self, out: DeviceOutputs) -> list[ImageDetections]:
         cfg = self.cfg
         m = cfg.MRCNN.RESOLUTION
         results = []

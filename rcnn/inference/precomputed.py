@@ -10,7 +10,7 @@ exactly like RPN RoIs, but the boxes the deltas are applied to are the proposals
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

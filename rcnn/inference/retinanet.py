@@ -18,8 +18,8 @@ lower index first in the top-k, in NMS and in the final cut. Output is Detectron
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class RetinaNetTestParams:
     bbox_xform_clip: float
 
     @classmethod
-    def from_cfg(cls, cfg) -> "RetinaNetTestParams":
+    def from_cfg(cls, cfg) -> RetinaNetTestParams:
         if cfg.TEST.SOFT_NMS.ENABLED or cfg.TEST.BBOX_VOTE.ENABLED:
             raise UnsupportedModelError("unsupported config: TEST.SOFT_NMS / TEST.BBOX_VOTE with RetinaNet")
         r = cfg.RETINANET

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detectron_parity.errors import UserError
 from rcnn.data.datasets import COCO_KEYPOINT_NAMES
 from rcnn.data.preprocess import PreparedImage, images_to_blob, prepare
 from rcnn.data.roidb import keypoint_flip_permutation
@@ -38,7 +39,7 @@ from rcnn.ops import boxes as box_ops
 logger = logging.getLogger(__name__)
 
 
-class AugmentationError(ValueError):
+class AugmentationError(UserError, ValueError):
     """A combination of TEST.*_AUG options that Detectron refuses."""
 
 

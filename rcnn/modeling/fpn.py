@@ -8,7 +8,7 @@ convs is a ``ConvGN``: no conv bias, then a GroupNorm op ``<conv>_gn``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F

@@ -13,6 +13,7 @@ import re
 import torch
 from torch import Tensor, nn
 
+from detectron_parity.errors import UserError
 from rcnn.modeling.box_head import BoxHead, ConvFCBoxHead
 from rcnn.modeling.fpn import FPN
 from rcnn.modeling.group_norm import GroupNormSpec
@@ -38,7 +39,7 @@ _BN_BODY = ("basic_bn_stem", "bottleneck_transformation", "basic_bn_shortcut")
 _GN_BODY = ("basic_gn_stem", "bottleneck_gn_transformation", "basic_gn_shortcut")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError, ValueError):
     """The config asks for a Detectron model family this project does not build."""
 
 

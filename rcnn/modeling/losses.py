@@ -24,7 +24,7 @@ Cross-entropies use log-sum-exp / softplus forms (``F.cross_entropy``,
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

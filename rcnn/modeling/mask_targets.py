@@ -9,8 +9,8 @@ polygons pycocotools sees are the same floats and the masks are identical.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util

@@ -15,8 +15,8 @@ NMS call covers every (image, level) pair.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ class ProposalParams:
     per_image_collect: bool = True
 
     @classmethod
-    def from_cfg(cls, cfg, train: bool) -> "ProposalParams":
+    def from_cfg(cls, cfg, train: bool) -> ProposalParams:
         c = cfg.TRAIN if train else cfg.TEST
         return cls(c.RPN_PRE_NMS_TOP_N, c.RPN_POST_NMS_TOP_N, c.RPN_NMS_THRESH, c.RPN_MIN_SIZE,
                    per_image_collect=not train)

@@ -8,7 +8,7 @@ Detectron ``*_bn_s``/``*_bn_b`` pair is applied exactly. The GroupNorm bodies of
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

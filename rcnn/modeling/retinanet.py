@@ -20,7 +20,7 @@ Components (``rcnn.naming``): ``backbone``, ``fpn``, ``retinanet``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn

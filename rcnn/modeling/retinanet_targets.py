@@ -18,9 +18,9 @@ sum over the minibatch's images of (#foreground + 1), counted over the whole fie
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class RetinaNetTargetParams:
     negative_overlap: float
 
     @classmethod
-    def from_cfg(cls, cfg) -> "RetinaNetTargetParams":
+    def from_cfg(cls, cfg) -> RetinaNetTargetParams:
         r, stride = cfg.RETINANET, cfg.FPN.COARSEST_STRIDE
         return cls(tuple(range(cfg.FPN.RPN_MIN_LEVEL, cfg.FPN.RPN_MAX_LEVEL + 1)), r.SCALES_PER_OCTAVE,
                    tuple(r.ASPECT_RATIOS), r.ANCHOR_SCALE, stride * np.ceil(cfg.TRAIN.MAX_SIZE / float(stride)),

@@ -53,7 +53,7 @@ class RoITargetParams:
     keypoint_heatmap_size: int | None = None  # KRCNN.HEATMAP_SIZE when MODEL.KEYPOINTS_ON
 
     @classmethod
-    def from_cfg(cls, cfg) -> "RoITargetParams":
+    def from_cfg(cls, cfg) -> RoITargetParams:
         t = cfg.TRAIN
         return cls(t.BATCH_SIZE_PER_IM, t.FG_FRACTION, t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO, t.BBOX_THRESH,
                    tuple(cfg.MODEL.BBOX_REG_WEIGHTS), cfg.MODEL.NUM_CLASSES, cfg.MODEL.CLS_AGNOSTIC_BBOX_REG,

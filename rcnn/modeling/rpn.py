@@ -7,7 +7,7 @@ is the same head without a suffix (``min_level=None``: ``conv_rpn``...).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F

@@ -32,8 +32,8 @@ Random draws go through a :data:`Sampler`, so tests can replay Detectron's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ class RPNTargetParams:
     straddle_thresh: float = 0.0
 
     @classmethod
-    def from_cfg(cls, cfg) -> "RPNTargetParams":
+    def from_cfg(cls, cfg) -> RPNTargetParams:
         t = cfg.TRAIN
         return cls(t.RPN_POSITIVE_OVERLAP, t.RPN_NEGATIVE_OVERLAP, t.RPN_FG_FRACTION, t.RPN_BATCH_SIZE_PER_IM,
                    t.RPN_STRADDLE_THRESH)

@@ -7,8 +7,8 @@ values are integers or half-integers, hence exact in float32.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch

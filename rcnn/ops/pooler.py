@@ -1,7 +1,7 @@
 """RoI -> FPN level mapping and multi-level RoIAlign (Detectron's ``RoIFeatureTransform``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -12,13 +12,16 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
+
+from detectron_parity.errors import UserError
 
 PathLike = str | os.PathLike
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad user input (missing file, malformed JSON, invalid record).
 
     The message is one line that names the file and, where there is one, the record; the
