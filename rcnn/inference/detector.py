@@ -6,7 +6,8 @@ image further than Detectron does changes the features near its border and
 the RPN's clipping window. Everything up to the final detections runs on the
 model's device; only mask pasting and keypoint decoding run on the host with
 OpenCV, because their exact arithmetic is OpenCV's (``fast=True`` does them on the
-device instead, within float rounding of OpenCV: ``fast_postprocess``).
+device instead, within float rounding of OpenCV: ``fast_postprocess``). The config is
+read once, into ``DetectorParams`` (``rcnn.inference.params``); batches read only those.
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rcnn.data.im_info import ImInfo
 from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, prepare
 from rcnn.inference.fast_postprocess import heatmaps_to_keypoints_fast, paste_and_encode_fast
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
-from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
+from rcnn.inference.params import BoxDecodeParams, DetectorParams
+from rcnn.inference.postprocess import box_results_with_nms_and_limit
 from rcnn.inference.precomputed import batch_proposals, dedup_rois
-from rcnn.inference.retinanet import RetinaNetTestParams, retinanet_detections
+from rcnn.inference.retinanet import retinanet_detections
 from rcnn.data.proposal_file import image_proposals
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
@@ -73,17 +76,17 @@ def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) 
     return torch.cat((image_index[:, None].to(torch.float32), scaled), dim=1)
 
 
-def class_boxes(cfg, boxes: Tensor, deltas: Tensor, num_classes: int, heights: Tensor | float,
-                widths: Tensor | float) -> Tensor:
+def class_boxes(params: BoxDecodeParams, boxes: Tensor, deltas: Tensor, num_classes: int,
+                heights: Tensor | float, widths: Tensor | float) -> Tensor:
     """``im_detect_bbox``: class-tiled (R, 4K) boxes of RoIs in original-image coordinates, decoded with
     ``bbox_pred`` (``TEST.BBOX_REG``) and clipped to the image (``heights``/``widths`` broadcast per RoI)."""
-    if not cfg.TEST.BBOX_REG:
+    if not params.bbox_reg:
         return boxes.repeat(1, num_classes)
-    if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
+    if params.cls_agnostic:
         deltas = deltas[:, -4:]
-    pred = box_ops.decode(boxes, deltas, cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP)
+    pred = box_ops.decode(boxes, deltas, params.weights, params.xform_clip)
     pred = box_ops.clip_tiled(pred, heights, widths)
-    return pred.repeat(1, num_classes) if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG else pred
+    return pred.repeat(1, num_classes) if params.cls_agnostic else pred
 
 
 def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = 32) -> Iterable[list[int]]:
@@ -103,28 +106,33 @@ class Detector:
                  batch_size: int = 1, fast: bool = False) -> None:
         self.model = model.eval().to(device)
         self.fast = fast   # mask paste / keypoint decode on the device (rcnn.inference.fast_postprocess)
-        self.cfg = cfg
+        self.cfg = cfg     # kept for test-time augmentation's own nodes and for callers; batches read params
+        self.params = DetectorParams.from_cfg(cfg)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.proposal_params = ProposalParams.from_cfg(cfg, train=False)
-        self.retinanet_params = RetinaNetTestParams.from_cfg(cfg) if cfg.RETINANET.RETINANET_ON else None
-        self.pixel_means = np.array(cfg.PIXEL_MEANS, dtype=np.float64).reshape(1, 1, 3)
-        # im_list_to_blob pads to FPN.COARSEST_STRIDE only with FPN; C4 blobs are unpadded.
-        self.blob_stride = cfg.FPN.COARSEST_STRIDE if cfg.FPN.FPN_ON else 1
+        self.pixel_means = np.array(self.params.pixel_means, dtype=np.float64).reshape(1, 1, 3)
         self.augmented = None
-        if cfg.TEST.BBOX_AUG.ENABLED or cfg.TEST.MASK_AUG.ENABLED or cfg.TEST.KPS_AUG.ENABLED:
+        if self.params.augment:
             # TEST.*_AUG (imported here: that module builds on this one)
             from rcnn.inference.test_time_aug import Augmentation
             self.augmented = Augmentation(self)
 
+    @property
+    def proposal_params(self) -> ProposalParams:
+        return self.params.proposals
+
+    @property
+    def blob_stride(self) -> int:
+        return self.params.blob_stride
+
     def prepare(self, im: np.ndarray, proposals: np.ndarray | None = None) -> PreparedImage:
         """``proposals``: the image's (N, 4) boxes from a proposal file, for models that need
         them (``TEST.PRECOMPUTED_PROPOSALS``); kept as Detectron's roidb keeps them."""
-        p = prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
-        if self.cfg.TEST.PRECOMPUTED_PROPOSALS:
+        p = prepare(im, self.params.scale, self.params.max_size, self.pixel_means)
+        if self.params.precomputed_proposals:
             if proposals is None:
                 raise ValueError("this model runs on precomputed proposals (MODEL.FASTER_RCNN False): pass them")
-            p.proposals = image_proposals(proposals, im.shape[0], im.shape[1], limit=self.cfg.TEST.PROPOSAL_LIMIT)
+            p.proposals = image_proposals(proposals, im.shape[0], im.shape[1], limit=self.params.proposal_limit)
         if self.augmented is not None:
             p.source = im
         return p
@@ -160,57 +168,58 @@ class Detector:
         return results  # type: ignore[return-value]
 
     def _forward_batch(self, batch: Sequence[PreparedImage]) -> "DeviceOutputs":
-        cfg, dev = self.cfg, self.device
-        blob = torch.from_numpy(images_to_blob([p.data for p in batch], self.blob_stride)).to(dev)
-        if self.retinanet_params is not None:   # core/test_retinanet.py: no proposals, no RoI heads
-            dets = retinanet_detections(self.model, blob, batch, self.retinanet_params)
+        prm, dev = self.params, self.device
+        blob = torch.from_numpy(images_to_blob([p.data for p in batch], prm.blob_stride)).to(dev)
+        if prm.retinanet is not None:   # core/test_retinanet.py: no proposals, no RoI heads
+            dets = retinanet_detections(self.model, blob, batch, prm.retinanet)
             return DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
                                  dets.classes.cpu().numpy(), dets.offsets)
         scales32 = torch.tensor([p.scale for p in batch], dtype=torch.float32, device=dev)
-        im_info = torch.stack((torch.full_like(scales32, blob.shape[2]), torch.full_like(scales32, blob.shape[3]),
-                               scales32), dim=1)
+        im_info = ImInfo.of_blob(blob, scales32)
         feats = self.model.features(blob)
-        if cfg.MODEL.RPN_ONLY:
-            return self._proposal_outputs(batch, *self.model.proposals(feats, im_info, self.proposal_params), scales32)
-        if cfg.TEST.PRECOMPUTED_PROPOSALS:   # rcnn.inference.precomputed
+        if prm.rpn_only:
+            return self._proposal_outputs(batch, *self.model.proposals(feats, im_info, prm.proposals), scales32)
+        if prm.precomputed_proposals:   # rcnn.inference.precomputed
             boxes, image_index = batch_proposals([p.proposals for p in batch], dev)
             rois = rois_for_heads(boxes, image_index, [p.scale for p in batch])
-            first, inverse = dedup_rois(rois, cfg.DEDUP_BOXES)
+            first, inverse = dedup_rois(rois, prm.dedup_boxes)
             cls_logits, deltas = (t[inverse] for t in self.model.box_outputs(feats, rois[first]))
             boxes = boxes[first][inverse]
         else:
-            rois, _ = self.model.proposals(feats, im_info, self.proposal_params)
+            rois, _ = self.model.proposals(feats, im_info, prm.proposals)
             cls_logits, deltas = self.model.box_outputs(feats, rois)
         scores = torch.softmax(cls_logits, dim=1)
 
         image_index = rois[:, 0].to(torch.int64)
-        if not cfg.TEST.PRECOMPUTED_PROPOSALS:
+        if not prm.precomputed_proposals:
             boxes = rois[:, 1:5] / scales32[image_index, None]   # original-image coordinates
         heights = torch.tensor([p.orig_height for p in batch], dtype=torch.float32, device=dev)
         widths = torch.tensor([p.orig_width for p in batch], dtype=torch.float32, device=dev)
-        pred = class_boxes(cfg, boxes, deltas, scores.shape[1], heights[image_index, None], widths[image_index, None])
+        pred = class_boxes(prm.box_decode, boxes, deltas, scores.shape[1], heights[image_index, None],
+                           widths[image_index, None])
 
-        dets = box_results_with_nms_and_limit(scores, pred, image_index, len(batch), cfg.TEST.SCORE_THRESH,
-                                              cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM, NmsVariants.from_cfg(cfg))
+        r = prm.box_results
+        dets = box_results_with_nms_and_limit(scores, pred, image_index, len(batch), r.score_thresh, r.nms,
+                                              r.detections_per_im, r.variants)
         out = DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
                             dets.classes.cpu().numpy(), dets.offsets)
-        if len(dets.scores) and (cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINTS_ON):
+        if len(dets.scores) and (prm.mask is not None or prm.keypoints is not None):
             head_rois = rois_for_heads(dets.boxes, dets.image, [p.scale for p in batch])
-            if cfg.MODEL.MASK_ON:
+            if prm.mask is not None:
                 logits = self.model.mask_logits(feats, head_rois)
-                channel = dets.classes if cfg.MRCNN.CLS_SPECIFIC_MASK else torch.zeros_like(dets.classes)
+                channel = dets.classes if prm.mask.cls_specific else torch.zeros_like(dets.classes)
                 probs = torch.sigmoid(logits[torch.arange(len(channel), device=dev), channel])
                 if self.fast:
                     out.masks = [paste_and_encode_fast(probs[s:e], dets.boxes[s:e], p.orig_height, p.orig_width,
-                                                       cfg.MRCNN.THRESH_BINARIZE)
+                                                       prm.mask.thresh_binarize)
                                  for p, s, e in zip(batch, dets.offsets, dets.offsets[1:])]
                 else:
                     out.mask_probs = probs.cpu().numpy()
-            if cfg.MODEL.KEYPOINTS_ON:
+            if prm.keypoints is not None:
                 heatmaps = self.model.keypoint_logits(feats, head_rois)
                 if self.fast:
                     out.keypoints = heatmaps_to_keypoints_fast(heatmaps, dets.boxes,
-                                                               cfg.KRCNN.INFERENCE_MIN_SIZE).cpu().numpy()
+                                                               prm.keypoints.inference_min_size).cpu().numpy()
                 else:
                     out.heatmaps = heatmaps.cpu().numpy()
         return out
@@ -227,24 +236,23 @@ class Detector:
                              np.zeros(len(probs), np.int64), np.concatenate(([0], np.cumsum(counts))).tolist())
 
     def _finish_batch(self, out: "DeviceOutputs") -> list[ImageDetections]:
-        cfg = self.cfg
-        m = cfg.MRCNN.RESOLUTION
+        mask, kps = self.params.mask, self.params.keypoints
         results = []
         for i, p in enumerate(out.batch):
             s = slice(out.offsets[i], out.offsets[i + 1])
             det = ImageDetections(p.orig_height, p.orig_width, out.boxes[s], out.scores[s], out.classes[s])
-            if cfg.MODEL.MASK_ON and out.masks is not None:
+            if mask is not None and out.masks is not None:
                 det.masks = out.masks[i]
-            elif cfg.MODEL.MASK_ON:
+            elif mask is not None:
+                m = mask.resolution
                 probs = out.mask_probs[s] if out.mask_probs is not None else np.zeros((0, m, m), np.float32)
-                det.masks = paste_and_encode(probs, out.boxes[s], p.orig_height, p.orig_width,
-                                             cfg.MRCNN.THRESH_BINARIZE)
-            if cfg.MODEL.KEYPOINTS_ON and out.keypoints is not None:
+                det.masks = paste_and_encode(probs, out.boxes[s], p.orig_height, p.orig_width, mask.thresh_binarize)
+            if kps is not None and out.keypoints is not None:
                 det.keypoints = out.keypoints[s]
-            elif cfg.MODEL.KEYPOINTS_ON:
-                det.keypoints = (heatmaps_to_keypoints(out.heatmaps[s], out.boxes[s], cfg.KRCNN.INFERENCE_MIN_SIZE)
+            elif kps is not None:
+                det.keypoints = (heatmaps_to_keypoints(out.heatmaps[s], out.boxes[s], kps.inference_min_size)
                                  if out.heatmaps is not None
-                                 else np.zeros((0, 4, cfg.KRCNN.NUM_KEYPOINTS), np.float32))
+                                 else np.zeros((0, 4, kps.num_keypoints), np.float32))
             results.append(det)
         return results
 

@@ -23,10 +23,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
+from rcnn.data.im_info import ImInfo
 from rcnn.modeling.generalized_rcnn import UnsupportedModelError
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
 from rcnn.modeling.resnet import Bottleneck, ResNetBody
 from rcnn.modeling.rpn import RPNHead
+from rcnn.ops.pooler import RoIXform
 
 _C4_BODY = re.compile(r"^ResNet\.add_ResNet(50|101)_conv4_body$")
 # res4 is at stride 16 = 2**4: the level the single-scale RPN and the RoI heads use.
@@ -106,7 +108,10 @@ class ResNetC4RCNN(nn.Module):
         # End to end (MODEL.FASTER_RCNN), RPN only, or Fast R-CNN on precomputed proposals (no RPN).
         _require(cfg.MODEL.TYPE in ("generalized_rcnn", "rpn"), f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
         _require(not cfg.MODEL.KEYPOINTS_ON, "C4 keypoint models")
-        self.cfg = cfg
+        self.cfg = cfg   # the config it was built from (checkpoints save it); the stages read the params below
+        self.aspect_ratios = tuple(cfg.RPN.ASPECT_RATIOS)
+        self.box_xform = RoIXform.from_node(cfg.FAST_RCNN)
+        self.mask_xform = RoIXform.from_node(cfg.MRCNN)
         r = cfg.RESNETS
         self.backbone = ResNetConv4Body(int(body.group(1)), r.STRIDE_1X1, 1, r.WIDTH_PER_GROUP, r.NUM_GROUPS,
                                         cfg.TRAIN.FREEZE_AT)
@@ -140,24 +145,25 @@ class ResNetC4RCNN(nn.Module):
         """``[res4_{n}_sum]``: the one feature map (stride 16) of an unpadded (B, 3, H, W) blob."""
         return [self.backbone(blob)[-1]]
 
-    def proposals(self, feats: list[Tensor], im_info: Tensor, params: ProposalParams) -> tuple[Tensor, Tensor]:
-        """Single-level RPN and ``GenerateProposals`` (``rois`` = ``rpn_rois``, no collection)."""
-        logits, deltas = self.rpn(feats)
-        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, [C4_LEVEL], self.anchor_sizes,
-                                  self.cfg.RPN.ASPECT_RATIOS, params)
+    def rpn_outputs(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Single-level objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
+        return self.rpn(feats)
 
-    def _pool(self, feats: list[Tensor], rois: Tensor, resolution: int, sampling_ratio: int) -> Tensor:
+    def proposals(self, feats: list[Tensor], im_info: ImInfo, params: ProposalParams) -> tuple[Tensor, Tensor]:
+        """Single-level RPN and ``GenerateProposals`` (``rois`` = ``rpn_rois``, no collection)."""
+        logits, deltas = self.rpn_outputs(feats)
+        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, [C4_LEVEL], self.anchor_sizes,
+                                  self.aspect_ratios, params)
+
+    def _pool(self, feats: list[Tensor], rois: Tensor, xform: RoIXform) -> Tensor:
         """Caffe2 ``RoIAlign`` at 1/16 (``sampling_ratio`` 0: adaptive ``ceil(roi / resolution)``)."""
-        return roi_align(feats[0], rois.to(feats[0].dtype), resolution, spatial_scale=1.0 / 2**C4_LEVEL,
-                         sampling_ratio=sampling_ratio, aligned=False)
+        return roi_align(feats[0], rois.to(feats[0].dtype), xform.resolution, spatial_scale=1.0 / 2**C4_LEVEL,
+                         sampling_ratio=xform.sampling_ratio, aligned=False)
 
     def box_outputs(self, feats: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits (R, K) and deltas (R, 4K) for (R, 5) rois."""
-        c = self.cfg.FAST_RCNN
-        return self.box_head(self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO))
+        return self.box_head(self._pool(feats, rois, self.box_xform))
 
     def mask_logits(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """Mask logits (R, K, 14, 14): res5 recomputed on the mask RoIs (``_[mask]_pool5``)."""
-        c = self.cfg.MRCNN
-        pooled = self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO)
-        return self.mask_head(self.box_head.res5_features(pooled))
+        return self.mask_head(self.box_head.res5_features(self._pool(feats, rois, self.mask_xform)))

@@ -31,7 +31,7 @@ from rcnn.modeling.fpn import FPN
 from rcnn.modeling.generalized_rcnn import _FPN_BODY, _require
 from rcnn.modeling.init import gaussian_fill, xavier_fill
 from rcnn.modeling.resnet import ResNetBody
-from rcnn.modeling.retinanet_losses import retinanet_losses
+from rcnn.modeling.retinanet_losses import RetinaNetLossParams, retinanet_losses
 from rcnn.modeling.retinanet_targets import RetinaNetTargetParams, retinanet_targets
 
 HIGHEST_BACKBONE_LEVEL = 5
@@ -108,8 +108,10 @@ class RetinaNet(nn.Module):
         _require(not f.USE_GN, "FPN.USE_GN with RetinaNet")
         _require(not r.SOFTMAX and not r.CLASS_SPECIFIC_BBOX,
                  "RETINANET.SOFTMAX / RETINANET.CLASS_SPECIFIC_BBOX (no Detectron model uses them)")
-        self.cfg = cfg
+        self.cfg = cfg   # the config it was built from (saved with checkpoints); the stages read the params
         self.levels = list(range(f.RPN_MIN_LEVEL, f.RPN_MAX_LEVEL + 1))
+        self.target_params = RetinaNetTargetParams.from_cfg(cfg)
+        self.loss_params = RetinaNetLossParams.from_cfg(cfg)
         assert body is not None
         self.backbone = ResNetBody(int(body.group(1)), cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
                                    cfg.RESNETS.WIDTH_PER_GROUP, cfg.RESNETS.NUM_GROUPS, cfg.TRAIN.FREEZE_AT)
@@ -125,9 +127,9 @@ class RetinaNet(nn.Module):
         """Training: Detectron's RetinaNet losses of a ``TrainBatch`` (nothing is sampled, so
         ``sampler``, part of the training loop's call, is unused)."""
         logits, deltas = self.head_outputs(self.features(batch.blob))
-        targets = retinanet_targets([(x.shape[-2], x.shape[-1]) for x in logits], batch.im_info, batch.targets,
-                                    RetinaNetTargetParams.from_cfg(self.cfg))
-        return retinanet_losses(logits, deltas, targets, self.levels, self.cfg)
+        targets = retinanet_targets([(x.shape[-2], x.shape[-1]) for x in logits], batch.image_info, batch.targets,
+                                    self.target_params)
+        return retinanet_losses(logits, deltas, targets, self.levels, self.loss_params)
 
     def features(self, blob: Tensor) -> list[Tensor]:
         """FPN levels P``min``..P``max`` of a (B, 3, H, W) blob padded to ``FPN.COARSEST_STRIDE``."""

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
 from rcnn.ops import boxes as box_ops
 from rcnn.ops.anchors import grid_anchors
@@ -161,7 +162,7 @@ def _image_targets(anchors: Tensor, im_h: Tensor, im_w: Tensor, gt: Tensor, para
 @torch.no_grad()
 def rpn_targets(
     feature_sizes: Sequence[tuple[int, int]],
-    im_info: Tensor,
+    im_info: ImInfo,
     targets: Sequence[ImageTargets],
     levels: Sequence[int],
     anchor_sizes: Sequence[float],
@@ -173,7 +174,7 @@ def rpn_targets(
 
     Args:
         feature_sizes: (H, W) of each RPN level's feature map, in ``levels`` order.
-        im_info: (B, 3) float32 ``[scaled height, scaled width (unpadded), im_scale]``.
+        im_info: the unpadded scaled images' ``[height, width, im_scale]`` (``ImInfo.of_images``).
         targets: ground truth per image in original coordinates (scaled here by im_scale).
         levels / anchor_sizes: FPN level and anchor size of each entry (stride ``2**level``).
         sampler: draws the positive / negative subsets; called per image in order,
@@ -186,8 +187,8 @@ def rpn_targets(
     per_image: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for i, t in enumerate(targets):
         keep = ~t.is_crowd & (t.classes > 0)
-        gt = t.boxes[keep].to(device) * im_info[i, 2]
-        per_image.append(_image_targets(anchors, im_info[i, 0], im_info[i, 1], gt, params, sampler))
+        gt = t.boxes[keep].to(device) * im_info.scale[i]
+        per_image.append(_image_targets(anchors, im_info.height[i], im_info.width[i], gt, params, sampler))
         if logger.isEnabledFor(logging.DEBUG):
             labels = per_image[-1][0]
             logger.debug("image %d: %d positive, %d negative anchors", i, int((labels == 1).sum()),

@@ -1,6 +1,7 @@
 """RoI -> FPN level mapping and multi-level RoIAlign (Detectron's ``RoIFeatureTransform``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -8,6 +9,19 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from rcnn.ops.boxes import boxes_area
+
+
+@dataclass(frozen=True)
+class RoIXform:
+    """A head's ``ROI_XFORM_RESOLUTION`` and ``ROI_XFORM_SAMPLING_RATIO`` (``FAST_RCNN``,
+    ``MRCNN`` or ``KRCNN`` node of the config)."""
+
+    resolution: int
+    sampling_ratio: int
+
+    @classmethod
+    def from_node(cls, node) -> "RoIXform":
+        return cls(node.ROI_XFORM_RESOLUTION, node.ROI_XFORM_SAMPLING_RATIO)
 
 
 def map_rois_to_levels(
