@@ -16,34 +16,27 @@ Why each rule: ``docs/c4.md``.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
 from rcnn.data.im_info import ImInfo
-from rcnn.modeling.generalized_rcnn import UnsupportedModelError
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
-from rcnn.modeling.resnet import Bottleneck, ResNetBody
+from rcnn.modeling.resnet import C4_BODY, Bottleneck, ResNetConv4Body, build_body
 from rcnn.modeling.rpn import RPNHead
+from rcnn.modeling.support import UnsupportedModelError
+from rcnn.modeling.support import require as _require
 from rcnn.ops.pooler import RoIXform
 
-_C4_BODY = re.compile(r"^ResNet\.add_ResNet(50|101)_conv4_body$")
+__all__ = ["C4_LEVEL", "MaskHeadV0UpShare", "Res5Head", "ResNetC4RCNN", "ResNetConv4Body", "is_c4"]
 # res4 is at stride 16 = 2**4: the level the single-scale RPN and the RoI heads use.
 C4_LEVEL = 4
 
 
 def is_c4(cfg) -> bool:
     """Whether ``cfg`` describes a C4 model (conv4 body, no FPN)."""
-    return _C4_BODY.match(cfg.MODEL.CONV_BODY) is not None
-
-
-class ResNetConv4Body(ResNetBody):
-    """``add_ResNet_convX_body`` with three block counts: stem and res2..res4."""
-
-    num_stages = 3
+    return C4_BODY.match(cfg.MODEL.CONV_BODY) is not None
 
 
 class Res5Head(nn.Module):
@@ -92,18 +85,12 @@ class MaskHeadV0UpShare(nn.Module):
         return self.mask_fcn_logits(F.relu(self.conv5_mask(res5)))
 
 
-def _require(cond: bool, what: str) -> None:
-    if not cond:
-        raise UnsupportedModelError(f"unsupported config: {what}")
-
-
 class ResNetC4RCNN(nn.Module):
     """Faster / Mask R-CNN (or RPN only) with a ResNet-C4 body, at inference."""
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        body = _C4_BODY.match(cfg.MODEL.CONV_BODY)
-        _require(body is not None, f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} is not a C4 body")
+        _require(is_c4(cfg), f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} is not a C4 body")
         _require(not cfg.FPN.FPN_ON, "a conv4 body with FPN.FPN_ON")
         # End to end (MODEL.FASTER_RCNN), RPN only, or Fast R-CNN on precomputed proposals (no RPN).
         _require(cfg.MODEL.TYPE in ("generalized_rcnn", "rpn"), f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
@@ -113,8 +100,7 @@ class ResNetC4RCNN(nn.Module):
         self.box_xform = RoIXform.from_node(cfg.FAST_RCNN)
         self.mask_xform = RoIXform.from_node(cfg.MRCNN)
         r = cfg.RESNETS
-        self.backbone = ResNetConv4Body(int(body.group(1)), r.STRIDE_1X1, 1, r.WIDTH_PER_GROUP, r.NUM_GROUPS,
-                                        cfg.TRAIN.FREEZE_AT)
+        self.backbone = build_body(cfg)
         dim = self.backbone.out_channels[-1]
         self.anchor_sizes = [tuple(cfg.RPN.SIZES)]
         if cfg.RPN.RPN_ON:

@@ -10,8 +10,6 @@ typed parameters built once from the config here, never the config itself
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 
@@ -22,37 +20,27 @@ from rcnn.modeling.group_norm import GroupNormSpec
 from rcnn.modeling.keypoint_head import KeypointHead
 from rcnn.modeling.mask_head import MaskHead
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
-from rcnn.modeling.resnet import ResNetBody
+from rcnn.modeling.resnet import FPN_BODY, build_body
 from rcnn.modeling.rpn import RPNHead
+from rcnn.modeling.support import UnsupportedModelError
+from rcnn.modeling.support import require as _require
 from rcnn.modeling.training import TrainingParams, training_losses
 from rcnn.ops.pooler import RoIXform, multilevel_roi_align
 
 # model_builder.py: the deprecated MODEL.TYPEs that build generalized_rcnn unchanged.
 _GENERALIZED_RCNN_TYPES = ("generalized_rcnn", "fast_rcnn", "mask_rcnn", "keypoint_rcnn", "mask_and_keypoint_rcnn")
-_FPN_BODY = re.compile(r"^FPN\.add_fpn_ResNet(50|101|152)_conv5_body$")
 # MRCNN.ROI_MASK_HEAD -> (number of 3x3 convs, GroupNorm)
 _MASK_HEAD_CONVS = {
     "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs": (4, False),
     "mask_rcnn_heads.mask_rcnn_fcn_head_v1up": (2, False),
     "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs_gn": (4, True),
 }
-# (RESNETS.STEM_FUNC, TRANS_FUNC, SHORTCUT_FUNC) of the AffineChannel and the GroupNorm bodies.
-_BN_BODY = ("basic_bn_stem", "bottleneck_transformation", "basic_bn_shortcut")
-_GN_BODY = ("basic_gn_stem", "bottleneck_gn_transformation", "basic_gn_shortcut")
+__all__ = ["GeneralizedRCNN", "UnsupportedModelError"]
 
 
-class UnsupportedModelError(ValueError):
-    """The config asks for a Detectron model family this project does not build."""
-
-
-def _require(cond: bool, what: str) -> None:
-    if not cond:
-        raise UnsupportedModelError(f"unsupported config: {what}")
-
-
-def _check_fpn_body(cfg) -> int:
-    """The checks of the end-to-end FPN ResNet/ResNeXt family; returns the ResNet depth."""
-    body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
+def _check_fpn_body(cfg) -> None:
+    """The checks of the end-to-end FPN ResNet/ResNeXt family."""
+    body = FPN_BODY.match(cfg.MODEL.CONV_BODY)
     _require(body is not None and cfg.FPN.FPN_ON,
              f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
     _require(cfg.MODEL.TYPE in _GENERALIZED_RCNN_TYPES, f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
@@ -62,14 +50,6 @@ def _check_fpn_body(cfg) -> int:
     _require(not cfg.FPN.EXTRA_CONV_LEVELS, "FPN.EXTRA_CONV_LEVELS")
     _require(cfg.FPN.RPN_MAX_LEVEL == 6 and cfg.FPN.ROI_MAX_LEVEL == 5 and cfg.FPN.RPN_MIN_LEVEL == 2
              and cfg.FPN.ROI_MIN_LEVEL == 2, "FPN levels other than RPN 2-6 / RoI 2-5")
-    return int(body.group(1))
-
-
-def _body_uses_gn(cfg) -> bool:
-    """GroupNorm body (``04_2018_gn_baselines``) or AffineChannel body; no mixtures."""
-    funcs = (cfg.RESNETS.STEM_FUNC, cfg.RESNETS.TRANS_FUNC, cfg.RESNETS.SHORTCUT_FUNC)
-    _require(funcs in (_BN_BODY, _GN_BODY), f"RESNETS.STEM_FUNC/TRANS_FUNC/SHORTCUT_FUNC {funcs}")
-    return funcs == _GN_BODY
 
 
 def _box_head(cfg, dim: int, gn: GroupNormSpec) -> nn.Module:
@@ -88,12 +68,10 @@ def _box_head(cfg, dim: int, gn: GroupNormSpec) -> nn.Module:
 class GeneralizedRCNN(nn.Module):
     def __init__(self, cfg) -> None:
         super().__init__()
-        depth = _check_fpn_body(cfg)
+        _check_fpn_body(cfg)
         self.cfg = cfg   # the config it was built from (checkpoints save it); the stages read the params below
         gn = GroupNormSpec.from_cfg(cfg)
-        self.backbone = ResNetBody(depth, cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
-                                   cfg.RESNETS.WIDTH_PER_GROUP, cfg.RESNETS.NUM_GROUPS, cfg.TRAIN.FREEZE_AT,
-                                   gn if _body_uses_gn(cfg) else None)
+        self.backbone = build_body(cfg)
         sums = [self.backbone.sum_name(s) for s in range(2, 6)]
         dim = cfg.FPN.DIM
         self.fpn = FPN(self.backbone.out_channels, sums, dim, gn=gn if cfg.FPN.USE_GN else None)
