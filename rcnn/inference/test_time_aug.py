@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -32,8 +33,8 @@ from rcnn.data.datasets import COCO_KEYPOINT_NAMES
 from rcnn.data.im_info import ImInfo
 from rcnn.data.preprocess import PreparedImage, images_to_blob, prepare
 from rcnn.data.roidb import keypoint_flip_permutation
-from rcnn.inference.detector import DeviceOutputs, class_boxes, rois_for_heads
 from rcnn.inference.postprocess import box_results_with_nms_and_limit
+from rcnn.inference.stages import DeviceOutputs, class_boxes, rois_for_heads
 from rcnn.ops import boxes as box_ops
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,10 @@ def combine_heatmaps(hms_ts: list[Tensor], ds_ts: list[bool], us_ts: list[bool],
 
 class Augmentation:
     """``im_detect_all`` with TEST.*_AUG for a ``Detector`` (its model, device and parameters; the
-    ``TEST.*_AUG`` nodes are read here, once)."""
+    ``TEST.*_AUG`` nodes are read here, once): the stage (``rcnn.inference.stages``) of any family
+    with test-time augmentation, one image at a time."""
+
+    one_image_at_a_time = True
 
     def __init__(self, detector) -> None:
         cfg = detector.cfg
@@ -229,8 +233,10 @@ class Augmentation:
                            float(p.orig_width))
         return scores, pred, feats
 
-    def __call__(self, p: PreparedImage) -> DeviceOutputs:
-        """Detections of one image prepared by ``Detector.prepare`` (which keeps its source image)."""
+    def __call__(self, batch: Sequence[PreparedImage]) -> DeviceOutputs:
+        """Detections of the one image of ``batch``, prepared by ``Detector.prepare`` (which keeps its
+        source image)."""
+        (p,) = batch
         prm, model, dev = self.det.params, self.det.model, self.det.device
         im, width = p.source, p.orig_width
         if im is None:
