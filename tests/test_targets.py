@@ -21,7 +21,8 @@ from rcnn.modeling.keypoint_targets import keypoints_to_heatmap_labels
 from rcnn.modeling.mask_targets import polys_to_boxes, polys_to_mask_wrt_box
 from rcnn.modeling.proposals import collect
 from rcnn.modeling.roi_targets import RoITargetParams, sample_rois
-from rcnn.modeling.rpn_targets import RandomSampler, RPNTargetParams, rpn_targets
+from rcnn.modeling.rpn_targets import RPNTargetParams, rpn_targets
+from rcnn.modeling.sampler import RandomSampler
 from tests.golden import npz
 
 # pycocotools' mask.decode under NumPy 2, once per rasterised RoI

@@ -32,7 +32,7 @@ from rcnn.engine.train_checkpoint import (checkpoint_period, export_detectron_pk
 from rcnn.engine.train_health import nonfinite_message, parameters_finite, start_warning
 from rcnn.engine.training_stats import TrainingStats, mean_over_ranks, open_tb_writer
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
-from rcnn.modeling.rpn_targets import RandomSampler
+from rcnn.modeling.sampler import RandomSampler
 from rcnn.modeling.training import METRICS
 
 logger = logging.getLogger(__name__)

@@ -12,14 +12,14 @@ into ``DetectorParams`` (``rcnn.inference.params``); batches read only those.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from rcnn.data.preprocess import PreparedImage, padded_shape, prepare
+from rcnn.data.preprocess import COARSEST_STRIDE, PreparedImage, padded_shape, prepare
 from rcnn.data.proposal_file import image_proposals
+from rcnn.inference.detections import ImageDetections
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
 from rcnn.inference.params import DetectorParams
@@ -30,23 +30,7 @@ from rcnn.modeling.proposals import ProposalParams
 __all__ = ["DeviceOutputs", "Detector", "ImageDetections", "class_boxes", "rois_for_heads"]
 
 
-@dataclass
-class ImageDetections:
-    """Detections of one image, in Detectron's order (by class, then RoI order)."""
-
-    height: int
-    width: int
-    boxes: np.ndarray                      # (N, 4) float32 [x1, y1, x2, y2], original pixels
-    scores: np.ndarray                     # (N,) float32
-    classes: np.ndarray                    # (N,) int64 contiguous class index (1..K-1)
-    masks: list[dict] | None = None        # N COCO RLEs (counts as str)
-    keypoints: np.ndarray | None = None    # (N, 4, J) float32 rows (x, y, logit, prob)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-
-def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = 32) -> Iterable[list[int]]:
+def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = COARSEST_STRIDE) -> Iterable[list[int]]:
     """Indices of images grouped by blob size, in input order within a group."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prepared):

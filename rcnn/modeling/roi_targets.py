@@ -18,7 +18,7 @@ and ``roi_data/fast_rcnn.py::_sample_rois``. Per image:
 * the sampled boxes are multiplied by ``im_scale`` again for the heads; the FPN level
   of each RoI is chosen when pooling (``rcnn.ops.pooler``).
 
-Draws go through the :data:`~rcnn.modeling.rpn_targets.Sampler`, per image in
+Draws go through the :data:`~rcnn.modeling.sampler.Sampler`, per image in
 Detectron's order: foreground, background, then keypoint RoIs.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
 from rcnn.modeling.keypoint_targets import KeypointTargets, keypoints_to_heatmap_labels, keypoints_within_boxes
 from rcnn.modeling.mask_targets import MaskTargets, image_mask_targets
-from rcnn.modeling.rpn_targets import Sampler
+from rcnn.modeling.sampler import Sampler
 from rcnn.ops import boxes as box_ops
 
 logger = logging.getLogger(__name__)

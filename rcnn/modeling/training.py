@@ -17,7 +17,8 @@ from rcnn.data.train_batch import TrainBatch
 from rcnn.modeling.losses import fast_rcnn_losses, keypoint_loss, mask_loss, rpn_losses
 from rcnn.modeling.proposals import ProposalParams
 from rcnn.modeling.roi_targets import RoITargetParams, sample_rois
-from rcnn.modeling.rpn_targets import RPNTargetParams, Sampler, rpn_targets
+from rcnn.modeling.rpn_targets import RPNTargetParams, rpn_targets
+from rcnn.modeling.sampler import Sampler
 
 METRICS = ("accuracy_cls",)
 
