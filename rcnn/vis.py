@@ -13,7 +13,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from rcnn.data.datasets import COCO_KEYPOINT_NAMES
-from rcnn.inference.detector import ImageDetections
+from rcnn.inference.detections import ImageDetections
 
 # Limb pairs of the COCO person skeleton, by keypoint name.
 _SKELETON_NAMES = (

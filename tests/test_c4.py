@@ -13,6 +13,7 @@ from torchvision.ops import roi_align
 from convert.kinds import cfg_for_file, detect_kind, orphan_group
 from convert.pickle_io import read_detectron_pkl
 from rcnn.config import load_cfg
+from rcnn.data.im_info import ImInfo
 from rcnn.data.preprocess import images_to_blob, read_image
 from rcnn.engine.weights import load_model
 from rcnn.inference.detector import Detector, _batches, rois_for_heads
@@ -120,8 +121,8 @@ def test_single_level_proposals_at_c4_test_settings(case):
     params = ProposalParams.from_cfg(cfg, train=False)
     assert (params.pre_nms_top_n, params.post_nms_top_n, params.nms_thresh, params.min_size) == (6000, 1000, 0.7, 0)
     rois, probs = generate_proposals([torch.from_numpy(g[f"{case}_scores"])], [torch.from_numpy(g[f"{case}_deltas"])],
-                                     torch.from_numpy(g[f"{case}_im_info"]), [C4_LEVEL], [tuple(cfg.RPN.SIZES)],
-                                     cfg.RPN.ASPECT_RATIOS, params)
+                                     ImInfo(torch.from_numpy(g[f"{case}_im_info"]), padded=True), [C4_LEVEL],
+                                     [tuple(cfg.RPN.SIZES)], cfg.RPN.ASPECT_RATIOS, params)
     np.testing.assert_array_equal(rois.numpy(), g[f"{case}_rois"])
     np.testing.assert_array_equal(probs.numpy(), g[f"{case}_probs"][:, 0])
 

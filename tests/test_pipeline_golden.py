@@ -47,7 +47,7 @@ class ReplayModel:
         self.cfg = cfg
         with torch.device("meta"):                      # the real model's levels and anchor sizes
             net = GeneralizedRCNN(cfg)
-        self.rpn_levels, self.anchor_sizes = net.rpn_levels, net.anchor_sizes
+        self.rpn_levels, self.anchor_sizes, self.aspect_ratios = net.rpn_levels, net.anchor_sizes, net.aspect_ratios
         self.captured: dict = {}
 
     def eval(self):
@@ -62,7 +62,7 @@ class ReplayModel:
         assert _sha(blob) == str(self.g["blob_sha256"]), "image blob differs from Detectron's"
         return [blob]
 
-    def rpn(self, feats):
+    def rpn_outputs(self, feats):
         logits = [torch.from_numpy(self.g[f"rpn_logits_fpn{lvl}"]) for lvl in self.rpn_levels]
         deltas = [torch.from_numpy(self.g[f"rpn_deltas_fpn{lvl}"]) for lvl in self.rpn_levels]
         for lvl, x in zip(self.rpn_levels, logits):
@@ -71,8 +71,9 @@ class ReplayModel:
 
     def proposals(self, feats, im_info, params):
         # GeneralizedRCNN's own code: sigmoid, then rcnn.modeling.proposals.generate_proposals.
-        rois, probs = GeneralizedRCNN.proposals(self, feats, im_info, params)
-        self.captured.update(im_info=im_info.clone(), rois=rois.clone(), probs=probs.clone())
+        rois, probs = GeneralizedRCNN.proposals_from_outputs(self, *self.rpn_outputs(feats), im_info, params)
+        assert im_info.padded
+        self.captured.update(im_info=im_info.rows.clone(), rois=rois.clone(), probs=probs.clone())
         return rois, probs
 
     def _check_rois(self, name: str, rois: torch.Tensor) -> None:

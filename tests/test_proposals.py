@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from rcnn.data.im_info import ImInfo
 from rcnn.inference.detector import rois_for_heads
 from rcnn.modeling.proposals import ProposalParams, collect, generate_proposals
 from rcnn.ops.anchors import cell_anchors
@@ -23,7 +24,8 @@ def test_one_level_bit_exact(case, level):
     scores, deltas = _inputs(g, case)
     params = ProposalParams(int(g[f"{case}_pre_nms_top_n"]), int(g[f"{case}_post_nms_top_n"]), 0.7, 0)
     rois, probs = generate_proposals([torch.from_numpy(scores)], [torch.from_numpy(deltas)],
-                                     torch.from_numpy(g[f"{case}_im_info"]), [level],
+                                     ImInfo(torch.from_numpy(g[f"{case}_im_info"]), padded=case.endswith("test")),
+                                     [level],
                                      [32 * 2 ** (level - 2)], (0.5, 1, 2), params)
     np.testing.assert_array_equal(rois.numpy(), g[f"{case}_rois"])
     np.testing.assert_array_equal(probs.numpy(), g[f"{case}_probs"][:, 0])
@@ -37,8 +39,8 @@ def test_batch_of_two_images_equals_each_alone():
     info = g["p4_test_im_info"]
     params = ProposalParams(1000, 1000, 0.7, 0)
     def run(sc, de, ii):
-        return generate_proposals([torch.from_numpy(sc)], [torch.from_numpy(de)], torch.from_numpy(ii), [4], [128],
-                                  (0.5, 1, 2), params)
+        return generate_proposals([torch.from_numpy(sc)], [torch.from_numpy(de)],
+                                  ImInfo(torch.from_numpy(ii), padded=True), [4], [128], (0.5, 1, 2), params)
 
     both, _ = run(np.concatenate([s, s2]), np.concatenate([d, d2]), np.concatenate([info, info]))
     first, _ = run(s, d, info)

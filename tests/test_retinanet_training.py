@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from rcnn.config import load_cfg
+from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
 from rcnn.modeling.retinanet_targets import RetinaNetTargetParams, retinanet_targets
 from tests.golden import npz
@@ -15,7 +16,7 @@ def _golden_targets():
     targets = [ImageTargets(0, 0, torch.from_numpy(g[f"im{i}_boxes"]), torch.from_numpy(g[f"im{i}_gt_classes"]).long(),
                             torch.from_numpy(g[f"im{i}_is_crowd"])) for i in (0, 1)]
     scales = [float(g[f"im{i}_scale"]) for i in (0, 1)]
-    im_info = torch.tensor([[0.0, 0.0, s] for s in scales], dtype=torch.float32)
+    im_info = ImInfo.of_images(torch.tensor([[0.0, 0.0, s] for s in scales], dtype=torch.float32))
     h, w = (int(v) for v in g["blob_hw"])
     sizes = [(h // 2**lvl, w // 2**lvl) for lvl in range(3, 8)]
     return g, retinanet_targets(sizes, im_info, targets, RetinaNetTargetParams.from_cfg(load_cfg(CONFIG)))

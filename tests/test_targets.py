@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
 from rcnn.modeling.keypoint_targets import keypoints_to_heatmap_labels
 from rcnn.modeling.mask_targets import polys_to_boxes, polys_to_mask_wrt_box
 from rcnn.modeling.proposals import collect
 from rcnn.modeling.roi_targets import RoITargetParams, sample_rois
-from rcnn.modeling.rpn_targets import RandomSampler, RPNTargetParams, rpn_targets
+from rcnn.modeling.rpn_targets import RPNTargetParams, rpn_targets
+from rcnn.modeling.sampler import RandomSampler
 from tests.golden import npz
 
 # pycocotools' mask.decode under NumPy 2, once per rasterised RoI
@@ -69,7 +71,7 @@ def assert_bits(ours: torch.Tensor, ref: np.ndarray) -> None:
 def test_rpn_targets_match_detectron(case):
     g = npz(f"targets_{case}")
     sampler = Replay(int(g["rpn_seed"]))
-    out = rpn_targets([tuple(hw) for hw in g["feature_hw"].tolist()], torch.from_numpy(g["im_info"]),
+    out = rpn_targets([tuple(hw) for hw in g["feature_hw"].tolist()], ImInfo.of_images(torch.from_numpy(g["im_info"])),
                       [image_targets(g, i) for i in range(2)], LEVELS, SIZES, RATIOS, RPNTargetParams(), sampler)
     for k, lvl in enumerate(LEVELS):
         assert_bits(out.labels[k].to(torch.int32), g[f"rpn_labels_int32_fpn{lvl}"])
@@ -87,7 +89,7 @@ def test_rpn_targets_on_detectron_field_cropped_equal_feature_size():
     # feature-sized corner (SpatialNarrowAs) gives the same blobs, same draws included.
     g = npz("targets_mask")
     targets = [image_targets(g, i) for i in range(2)]
-    im_info = torch.from_numpy(g["im_info"])
+    im_info = ImInfo.of_images(torch.from_numpy(g["im_info"]))
     sizes = [tuple(hw) for hw in g["feature_hw"].tolist()]
     field = [(math.ceil(1344 / 2**lvl),) * 2 for lvl in LEVELS]
     small = rpn_targets(sizes, im_info, targets, LEVELS, SIZES, RATIOS, RPNTargetParams(), Replay(7))
@@ -103,7 +105,7 @@ def test_rpn_targets_image_without_gt_has_negatives_only():
     g = npz("targets_mask")
     t = image_targets(g, 0)
     crowd_only = ImageTargets(t.height, t.width, t.boxes[t.is_crowd], t.classes[t.is_crowd], t.is_crowd[t.is_crowd])
-    out = rpn_targets([tuple(hw) for hw in g["feature_hw"].tolist()], torch.from_numpy(g["im_info"][:1]),
+    out = rpn_targets([tuple(hw) for hw in g["feature_hw"].tolist()], ImInfo.of_images(torch.from_numpy(g["im_info"][:1])),
                       [crowd_only], LEVELS, SIZES, RATIOS, RPNTargetParams(),
                       RandomSampler(torch.Generator().manual_seed(0)))
     labels = torch.cat([x.flatten() for x in out.labels])
@@ -138,7 +140,7 @@ def test_sample_rois_match_detectron(case):
     params = RoITargetParams(num_classes=2 if keypoints else 81, mask_resolution=None if keypoints else 28,
                              keypoint_heatmap_size=56 if keypoints else None)
     sampler = Replay(int(g["roi_seed"]))
-    out = sample_rois(torch.from_numpy(g["collected_rois"]), torch.from_numpy(g["im_info"]),
+    out = sample_rois(torch.from_numpy(g["collected_rois"]), ImInfo.of_images(torch.from_numpy(g["im_info"])),
                       [image_targets(g, i) for i in range(2)], params, sampler)
     assert_bits(out.rois, g["rois"])
     assert_bits(out.labels.to(torch.int32), g["labels_int32"])
@@ -168,7 +170,7 @@ def test_sample_rois_match_detectron(case):
 def test_crowd_matched_rois_take_the_crowd_class_and_regress_to_non_crowd_gt():
     g = npz("targets_mask")
     params = RoITargetParams(mask_resolution=28)
-    out = sample_rois(torch.from_numpy(g["collected_rois"]), torch.from_numpy(g["im_info"]),
+    out = sample_rois(torch.from_numpy(g["collected_rois"]), ImInfo.of_images(torch.from_numpy(g["im_info"])),
                       [image_targets(g, i) for i in range(2)], params, Replay(int(g["roi_seed"])))
     t = image_targets(g, 0)
     first = out.rois[:, 0] == 0
@@ -216,7 +218,7 @@ def test_crowd_only_image_gets_ignored_masks_for_crowd_matched_fg():
     t = ImageTargets(300, 400, crowd_box, torch.tensor([1]), torch.tensor([True]),
                      [{"size": [300, 400], "counts": "abc"}])
     props = torch.tensor([[0.0, 12.0, 11.0, 198.0, 151.0], [0.0, 300.0, 200.0, 390.0, 290.0]])
-    im_info = torch.tensor([[300.0, 400.0, 1.0]])
+    im_info = ImInfo.of_images(torch.tensor([[300.0, 400.0, 1.0]]))
     out = sample_rois(props, im_info, [t], RoITargetParams(mask_resolution=28),
                       RandomSampler(torch.Generator().manual_seed(0)))
     assert out.labels.tolist() == [1, 0]
@@ -228,5 +230,5 @@ def test_non_crowd_rle_ground_truth_is_refused():
     t = ImageTargets(300, 400, torch.tensor([[10.0, 10.0, 200.0, 150.0]]), torch.tensor([3]), torch.tensor([False]),
                      [{"size": [300, 400], "counts": "abc"}])
     with pytest.raises(ValueError, match="RLE"):
-        sample_rois(torch.zeros((0, 5)), torch.tensor([[300.0, 400.0, 1.0]]), [t], RoITargetParams(mask_resolution=28),
-                    RandomSampler())
+        sample_rois(torch.zeros((0, 5)), ImInfo.of_images(torch.tensor([[300.0, 400.0, 1.0]])), [t],
+                    RoITargetParams(mask_resolution=28), RandomSampler())

@@ -94,7 +94,7 @@ def test_loss_goes_down_on_a_fixed_batch(shared_data, imagenet_pkl):
     from rcnn.engine.solver import build_optimizer
     from rcnn.engine.weights import load_imagenet_backbone
     from rcnn.modeling.init import init_heads
-    from rcnn.modeling.rpn_targets import RandomSampler
+    from rcnn.modeling.sampler import RandomSampler
     from rcnn.modeling.training import METRICS
 
     mini = shared_data / "coco-mini-val2017"   # on a shipped-image batch it oscillates at lr 0.01

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rcnn.config import CfgNode
-from rcnn.data.preprocess import PIXEL_MEANS, ImageReadError, images_to_blob, prepare_image, read_image
+from rcnn.data.preprocess import COARSEST_STRIDE, PIXEL_MEANS, ImageReadError, images_to_blob, prepare_image, read_image
 from rcnn.data.roidb import RoidbEntry
 from rcnn.data.train_batch import TrainBatch
 
@@ -115,7 +115,7 @@ class MinibatchSchedule:
 
 def get_image_blob(entries: Sequence[RoidbEntry], scale_inds: Sequence[int], scales: Sequence[int],
                    max_size: int, pixel_means: np.ndarray = PIXEL_MEANS,
-                   stride: int = 32) -> tuple[np.ndarray, list[float]]:
+                   stride: int = COARSEST_STRIDE) -> tuple[np.ndarray, list[float]]:
     """``minibatch._get_image_blob`` for given scale indices: NCHW float32 blob, im_scales."""
     ims, im_scales = [], []
     for entry, scale_ind in zip(entries, scale_inds):
@@ -133,7 +133,7 @@ def get_image_blob(entries: Sequence[RoidbEntry], scale_inds: Sequence[int], sca
 
 
 def get_minibatch(entries: Sequence[RoidbEntry], rng: np.random.RandomState, scales: Sequence[int],
-                  max_size: int, pixel_means: np.ndarray = PIXEL_MEANS, stride: int = 32) -> TrainBatch:
+                  max_size: int, pixel_means: np.ndarray = PIXEL_MEANS, stride: int = COARSEST_STRIDE) -> TrainBatch:
     """One ``TrainBatch``: scale indices drawn like ``_get_image_blob``, then the blob and im_info."""
     scale_inds = rng.randint(0, high=len(scales), size=len(entries))
     blob, im_scales = get_image_blob(entries, scale_inds, scales, max_size, pixel_means, stride)
@@ -149,7 +149,7 @@ class TrainMinibatches(IterableDataset):
 
     def __init__(self, roidb: Sequence[RoidbEntry], scales: Sequence[int], max_size: int, *,
                  ims_per_batch: int = 2, seed: int = 3, rank: int = 0, world_size: int = 1,
-                 aspect_grouping: bool = True, pixel_means: np.ndarray = PIXEL_MEANS, stride: int = 32,
+                 aspect_grouping: bool = True, pixel_means: np.ndarray = PIXEL_MEANS, stride: int = COARSEST_STRIDE,
                  start: int = 0) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")

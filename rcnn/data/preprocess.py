@@ -15,9 +15,12 @@ import cv2
 import numpy as np
 
 from detectron_parity.errors import UserError
+from rcnn.config import get_default_cfg
 
-# Detectron's cfg.PIXEL_MEANS (BGR), float64 on purpose: see prepare_image.
-PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]], dtype=np.float64)
+_DEFAULTS = get_default_cfg()
+# Detectron's cfg.PIXEL_MEANS (BGR, shape (1, 1, 3)), float64 on purpose: see prepare_image.
+PIXEL_MEANS = np.array(_DEFAULTS.PIXEL_MEANS, dtype=np.float64)
+COARSEST_STRIDE = _DEFAULTS.FPN.COARSEST_STRIDE   # the blob padding of FPN models
 
 
 class ImageReadError(UserError, OSError):
@@ -57,12 +60,12 @@ def prepare_image(im: np.ndarray, target_size: int, max_size: int,
     return out, scale
 
 
-def padded_shape(height: int, width: int, stride: int = 32) -> tuple[int, int]:
+def padded_shape(height: int, width: int, stride: int = COARSEST_STRIDE) -> tuple[int, int]:
     """Blob size after padding bottom/right to a multiple of ``stride``."""
     return int(np.ceil(height / float(stride)) * stride), int(np.ceil(width / float(stride)) * stride)
 
 
-def images_to_blob(ims: Sequence[np.ndarray], stride: int = 32) -> np.ndarray:
+def images_to_blob(ims: Sequence[np.ndarray], stride: int = COARSEST_STRIDE) -> np.ndarray:
     """Stack prepared images into a zero-padded NCHW float32 blob (``im_list_to_blob``).
 
     The result is C-contiguous NCHW: a channels-last layout makes PyTorch pick

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from rcnn.data.im_info import ImInfo
+
 
 @dataclass
 class ImageTargets:
@@ -39,6 +41,11 @@ class TrainBatch:
     blob: Tensor                     # (B, 3, H, W) float32, mean-subtracted, zero-padded to /32
     im_info: Tensor                  # (B, 3) float32 [scaled height, scaled width (unpadded), im_scale]
     targets: list[ImageTargets]
+
+    @property
+    def image_info(self) -> ImInfo:
+        """``im_info`` as the unpadded scaled images' sizes (what training clips and labels with)."""
+        return ImInfo.of_images(self.im_info)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         return TrainBatch(self.blob.to(device, non_blocking=True), self.im_info.to(device),

@@ -30,7 +30,7 @@ from rcnn.data.train_batch import ImageTargets, TrainBatch
 from rcnn.inference.detector import Detector
 from rcnn.modeling import build_model
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
-from rcnn.modeling.rpn_targets import RandomSampler
+from rcnn.modeling.sampler import RandomSampler
 from rcnn.modeling.training import METRICS
 from rcnn.synthetic import calibrate
 

@@ -25,7 +25,7 @@ from rcnn.data.proposal_file import (
     read_proposal_file,
     write_proposal_file,
 )
-from rcnn.inference.detector import ImageDetections
+from rcnn.inference.detections import ImageDetections
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from rcnn.engine.devices import barrier, rank_and_world
 from rcnn.engine.proposal_runs import PROPOSALS_FILE, load_test_proposals, save_and_evaluate_proposals
 from rcnn.engine.weights import WeightsInfo
 from rcnn.inference.coco_results import coco_records
-from rcnn.inference.detector import Detector, ImageDetections
+from rcnn.inference.detections import ImageDetections, detections_from_record, detections_to_line
+from rcnn.inference.detector import Detector
 
 logger = logging.getLogger(__name__)
 
@@ -59,28 +60,7 @@ class TestSettings:
     proposal_file: Path | None = None   # precomputed-proposal models (rcnn.engine.proposal_runs)
 
 
-# -- per-image result lines ------------------------------------------------------------------
-def _to_line(image_id: int, d: ImageDetections) -> str:
-    rec = {"image_id": image_id, "height": d.height, "width": d.width,
-           "boxes": d.boxes.tolist(), "scores": d.scores.tolist(), "classes": d.classes.tolist()}
-    if d.masks is not None:
-        rec["masks"] = d.masks
-    if d.keypoints is not None:
-        rec["keypoints"] = d.keypoints.tolist()
-    return json.dumps(rec) + "\n"
-
-
-def _from_record(rec: dict) -> tuple[int, ImageDetections]:
-    n = len(rec["scores"])
-    d = ImageDetections(rec["height"], rec["width"], np.array(rec["boxes"], np.float32).reshape(n, 4),
-                        np.array(rec["scores"], np.float32), np.array(rec["classes"], np.int64))
-    if "masks" in rec:
-        d.masks = rec["masks"]
-    if "keypoints" in rec:
-        d.keypoints = np.array(rec["keypoints"], np.float32).reshape(n, 4, -1)
-    return rec["image_id"], d
-
-
+# -- per-image result lines (rcnn.inference.detections) ---------------------------------------
 def _read_lines(path: Path) -> Iterator[dict]:
     """Complete lines of a partial-results file (a last line cut by a kill is dropped)."""
     with open(path) as f:
@@ -131,7 +111,7 @@ def detect_dataset(detector: Detector, dataset: COCODataset, image_ids: Sequence
             _open_for_append(partial_dir / f"detections.rank{rank}.jsonl") as out:
 
         def write(ids: list[int], finished) -> None:
-            out.write("".join(_to_line(i, d) for i, d in zip(ids, finished.result())))
+            out.write("".join(detections_to_line(i, d) for i, d in zip(ids, finished.result())))
             out.flush()
             os.fsync(out.fileno())
             bar.update(len(ids))
@@ -185,7 +165,7 @@ def run_test(cfg, detector: Detector, dataset: COCODataset, weights: WeightsInfo
     results: dict[int, ImageDetections] = {}
     for path in sorted(partial_dir.glob("detections.rank*.jsonl")):
         for rec in _read_lines(path):
-            image_id, d = _from_record(rec)
+            image_id, d = detections_from_record(rec)
             results[image_id] = d
     missing = [i for i in image_ids if i not in results]
     if missing:

@@ -41,7 +41,7 @@ from rcnn.engine.train_checkpoint import (
 from rcnn.engine.train_health import nonfinite_message, parameters_finite, start_warning
 from rcnn.engine.training_stats import TrainingStats, mean_over_ranks, open_tb_writer
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
-from rcnn.modeling.rpn_targets import RandomSampler
+from rcnn.modeling.sampler import RandomSampler
 from rcnn.modeling.training import METRICS
 
 logger = logging.getLogger(__name__)

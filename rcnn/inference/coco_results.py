@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rcnn.inference.detector import ImageDetections
+from rcnn.inference.detections import ImageDetections
 
 _KP_SCORE_ROW = {"logit": 2, "prob": 3}
 

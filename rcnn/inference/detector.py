@@ -4,88 +4,33 @@ Images are prepared with OpenCV, grouped by padded blob size and run in
 batches: a batch only holds images of the same blob size, because padding an
 image further than Detectron does changes the features near its border and
 the RPN's clipping window. Everything up to the final detections runs on the
-model's device; only mask pasting and keypoint decoding run on the host with
-OpenCV, because their exact arithmetic is OpenCV's (``fast=True`` does them on the
-device instead, within float rounding of OpenCV: ``fast_postprocess``).
+model's device, in the model family's stage (``rcnn.inference.stages``); only
+mask pasting and keypoint decoding run on the host with OpenCV, because their
+exact arithmetic is OpenCV's (``fast=True`` does them on the device instead,
+within float rounding of OpenCV: ``fast_postprocess``). The config is read once,
+into ``DetectorParams`` (``rcnn.inference.params``); batches read only those.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from rcnn.data.preprocess import PreparedImage, images_to_blob, padded_shape, prepare
+from rcnn.data.preprocess import COARSEST_STRIDE, PreparedImage, padded_shape, prepare
 from rcnn.data.proposal_file import image_proposals
-from rcnn.inference.fast_postprocess import heatmaps_to_keypoints_fast, paste_and_encode_fast
+from rcnn.inference.detections import ImageDetections
 from rcnn.inference.keypoints import heatmaps_to_keypoints
 from rcnn.inference.masks import paste_and_encode
-from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
-from rcnn.inference.precomputed import batch_proposals, dedup_rois
-from rcnn.inference.retinanet import RetinaNetTestParams, retinanet_detections
+from rcnn.inference.params import DetectorParams
+from rcnn.inference.stages import DeviceOutputs, class_boxes, rois_for_heads, select_stage
 from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.proposals import ProposalParams
-from rcnn.ops import boxes as box_ops
+
+__all__ = ["DeviceOutputs", "Detector", "ImageDetections", "class_boxes", "rois_for_heads"]
 
 
-@dataclass
-class ImageDetections:
-    """Detections of one image, in Detectron's order (by class, then RoI order)."""
-
-    height: int
-    width: int
-    boxes: np.ndarray                      # (N, 4) float32 [x1, y1, x2, y2], original pixels
-    scores: np.ndarray                     # (N,) float32
-    classes: np.ndarray                    # (N,) int64 contiguous class index (1..K-1)
-    masks: list[dict] | None = None        # N COCO RLEs (counts as str)
-    keypoints: np.ndarray | None = None    # (N, 4, J) float32 rows (x, y, logit, prob)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-
-@dataclass
-class DeviceOutputs:
-    """What the device part of a batch leaves for the host part (all NumPy)."""
-
-    batch: list[PreparedImage]
-    boxes: np.ndarray                     # (N, 4) float32, rows of image i in offsets[i]:offsets[i+1]
-    scores: np.ndarray
-    classes: np.ndarray
-    offsets: list[int]
-    mask_probs: np.ndarray | None = None  # (N, M, M) probabilities of each detection's class
-    heatmaps: np.ndarray | None = None    # (N, J, 56, 56) keypoint logits
-    masks: list[list[dict]] | None = None  # fast mode: each image's RLEs, pasted on the device
-    keypoints: np.ndarray | None = None   # fast mode: (N, 4, J) rows decoded on the device
-
-
-def rois_for_heads(boxes: Tensor, image_index: Tensor, scales: Sequence[float]) -> Tensor:
-    """Mask/keypoint RoIs ``[image, float32(float64(box) * im_scale)]`` (``_get_rois_blob``).
-
-    They are made from the final original-image boxes, like Detectron's, not
-    from the scaled RoIs (docs/detectron.md §4.14).
-    """
-    scale64 = torch.tensor(scales, dtype=torch.float64, device=boxes.device)[image_index, None]
-    scaled = (boxes.to(torch.float64) * scale64).to(torch.float32)
-    return torch.cat((image_index[:, None].to(torch.float32), scaled), dim=1)
-
-
-def class_boxes(cfg, boxes: Tensor, deltas: Tensor, num_classes: int, heights: Tensor | float,
-                widths: Tensor | float) -> Tensor:
-    """``im_detect_bbox``: class-tiled (R, 4K) boxes of RoIs in original-image coordinates, decoded with
-    ``bbox_pred`` (``TEST.BBOX_REG``) and clipped to the image (``heights``/``widths`` broadcast per RoI)."""
-    if not cfg.TEST.BBOX_REG:
-        return boxes.repeat(1, num_classes)
-    if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG:
-        deltas = deltas[:, -4:]
-    pred = box_ops.decode(boxes, deltas, cfg.MODEL.BBOX_REG_WEIGHTS, cfg.BBOX_XFORM_CLIP)
-    pred = box_ops.clip_tiled(pred, heights, widths)
-    return pred.repeat(1, num_classes) if cfg.MODEL.CLS_AGNOSTIC_BBOX_REG else pred
-
-
-def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = 32) -> Iterable[list[int]]:
+def _batches(prepared: Sequence[PreparedImage], batch_size: int, stride: int = COARSEST_STRIDE) -> Iterable[list[int]]:
     """Indices of images grouped by blob size, in input order within a group."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prepared):
@@ -102,29 +47,30 @@ class Detector:
                  batch_size: int = 1, fast: bool = False) -> None:
         self.model = model.eval().to(device)
         self.fast = fast   # mask paste / keypoint decode on the device (rcnn.inference.fast_postprocess)
-        self.cfg = cfg
+        self.cfg = cfg     # kept for test-time augmentation's own nodes and for callers; batches read params
+        self.params = DetectorParams.from_cfg(cfg)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.proposal_params = ProposalParams.from_cfg(cfg, train=False)
-        self.retinanet_params = RetinaNetTestParams.from_cfg(cfg) if cfg.RETINANET.RETINANET_ON else None
-        self.pixel_means = np.array(cfg.PIXEL_MEANS, dtype=np.float64).reshape(1, 1, 3)
-        # im_list_to_blob pads to FPN.COARSEST_STRIDE only with FPN; C4 blobs are unpadded.
-        self.blob_stride = cfg.FPN.COARSEST_STRIDE if cfg.FPN.FPN_ON else 1
-        self.augmented = None
-        if cfg.TEST.BBOX_AUG.ENABLED or cfg.TEST.MASK_AUG.ENABLED or cfg.TEST.KPS_AUG.ENABLED:
-            # TEST.*_AUG (imported here: that module builds on this one)
-            from rcnn.inference.test_time_aug import Augmentation
-            self.augmented = Augmentation(self)
+        self.pixel_means = np.array(self.params.pixel_means, dtype=np.float64).reshape(1, 1, 3)
+        self.stage = select_stage(self)   # the model family's device part (rcnn.inference.stages)
+
+    @property
+    def proposal_params(self) -> ProposalParams:
+        return self.params.proposals
+
+    @property
+    def blob_stride(self) -> int:
+        return self.params.blob_stride
 
     def prepare(self, im: np.ndarray, proposals: np.ndarray | None = None) -> PreparedImage:
         """``proposals``: the image's (N, 4) boxes from a proposal file, for models that need
         them (``TEST.PRECOMPUTED_PROPOSALS``); kept as Detectron's roidb keeps them."""
-        p = prepare(im, self.cfg.TEST.SCALE, self.cfg.TEST.MAX_SIZE, self.pixel_means)
-        if self.cfg.TEST.PRECOMPUTED_PROPOSALS:
+        p = prepare(im, self.params.scale, self.params.max_size, self.pixel_means)
+        if self.params.precomputed_proposals:
             if proposals is None:
                 raise ValueError("this model runs on precomputed proposals (MODEL.FASTER_RCNN False): pass them")
-            p.proposals = image_proposals(proposals, im.shape[0], im.shape[1], limit=self.cfg.TEST.PROPOSAL_LIMIT)
-        if self.augmented is not None:
+            p.proposals = image_proposals(proposals, im.shape[0], im.shape[1], limit=self.params.proposal_limit)
+        if self.params.augment:
             p.source = im
         return p
 
@@ -145,9 +91,9 @@ class Detector:
         ``finish`` does the host part; keeping them apart lets a caller overlap the host
         work of one batch with the next batch's forward pass (``rcnn.engine.test_engine``).
         """
-        if self.augmented is not None:  # TEST.*_AUG: one image at a time (rcnn.inference.test_time_aug)
-            return [([i], self.augmented(p)) for i, p in enumerate(prepared)]
-        return [(idx, self._forward_batch([prepared[i] for i in idx]))
+        if self.stage.one_image_at_a_time:  # TEST.*_AUG (rcnn.inference.test_time_aug)
+            return [([i], self.stage([p])) for i, p in enumerate(prepared)]
+        return [(idx, self.stage([prepared[i] for i in idx]))
                 for idx in _batches(prepared, self.batch_size, self.blob_stride)]
 
     def finish(self, count: int, outputs: list[tuple[list[int], DeviceOutputs]]) -> list[ImageDetections]:
@@ -158,92 +104,23 @@ class Detector:
                 results[i] = det
         return results  # type: ignore[return-value]
 
-    def _forward_batch(self, batch: Sequence[PreparedImage]) -> DeviceOutputs:
-        cfg, dev = self.cfg, self.device
-        blob = torch.from_numpy(images_to_blob([p.data for p in batch], self.blob_stride)).to(dev)
-        if self.retinanet_params is not None:   # core/test_retinanet.py: no proposals, no RoI heads
-            dets = retinanet_detections(self.model, blob, batch, self.retinanet_params)
-            return DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
-                                 dets.classes.cpu().numpy(), dets.offsets)
-        scales32 = torch.tensor([p.scale for p in batch], dtype=torch.float32, device=dev)
-        im_info = torch.stack((torch.full_like(scales32, blob.shape[2]), torch.full_like(scales32, blob.shape[3]),
-                               scales32), dim=1)
-        feats = self.model.features(blob)
-        if cfg.MODEL.RPN_ONLY:
-            return self._proposal_outputs(batch, *self.model.proposals(feats, im_info, self.proposal_params), scales32)
-        if cfg.TEST.PRECOMPUTED_PROPOSALS:   # rcnn.inference.precomputed
-            boxes, image_index = batch_proposals([p.proposals for p in batch], dev)
-            rois = rois_for_heads(boxes, image_index, [p.scale for p in batch])
-            first, inverse = dedup_rois(rois, cfg.DEDUP_BOXES)
-            cls_logits, deltas = (t[inverse] for t in self.model.box_outputs(feats, rois[first]))
-            boxes = boxes[first][inverse]
-        else:
-            rois, _ = self.model.proposals(feats, im_info, self.proposal_params)
-            cls_logits, deltas = self.model.box_outputs(feats, rois)
-        scores = torch.softmax(cls_logits, dim=1)
-
-        image_index = rois[:, 0].to(torch.int64)
-        if not cfg.TEST.PRECOMPUTED_PROPOSALS:
-            boxes = rois[:, 1:5] / scales32[image_index, None]   # original-image coordinates
-        heights = torch.tensor([p.orig_height for p in batch], dtype=torch.float32, device=dev)
-        widths = torch.tensor([p.orig_width for p in batch], dtype=torch.float32, device=dev)
-        pred = class_boxes(cfg, boxes, deltas, scores.shape[1], heights[image_index, None], widths[image_index, None])
-
-        dets = box_results_with_nms_and_limit(scores, pred, image_index, len(batch), cfg.TEST.SCORE_THRESH,
-                                              cfg.TEST.NMS, cfg.TEST.DETECTIONS_PER_IM, NmsVariants.from_cfg(cfg))
-        out = DeviceOutputs(list(batch), dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
-                            dets.classes.cpu().numpy(), dets.offsets)
-        if len(dets.scores) and (cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINTS_ON):
-            head_rois = rois_for_heads(dets.boxes, dets.image, [p.scale for p in batch])
-            if cfg.MODEL.MASK_ON:
-                logits = self.model.mask_logits(feats, head_rois)
-                channel = dets.classes if cfg.MRCNN.CLS_SPECIFIC_MASK else torch.zeros_like(dets.classes)
-                probs = torch.sigmoid(logits[torch.arange(len(channel), device=dev), channel])
-                if self.fast:
-                    out.masks = [paste_and_encode_fast(probs[s:e], dets.boxes[s:e], p.orig_height, p.orig_width,
-                                                       cfg.MRCNN.THRESH_BINARIZE)
-                                 for p, s, e in zip(batch, dets.offsets, dets.offsets[1:])]
-                else:
-                    out.mask_probs = probs.cpu().numpy()
-            if cfg.MODEL.KEYPOINTS_ON:
-                heatmaps = self.model.keypoint_logits(feats, head_rois)
-                if self.fast:
-                    out.keypoints = heatmaps_to_keypoints_fast(heatmaps, dets.boxes,
-                                                               cfg.KRCNN.INFERENCE_MIN_SIZE).cpu().numpy()
-                else:
-                    out.heatmaps = heatmaps.cpu().numpy()
-        return out
-
-    @staticmethod
-    def _proposal_outputs(batch: Sequence[PreparedImage], rois: Tensor, probs: Tensor,
-                          scales32: Tensor) -> DeviceOutputs:
-        """RPN-only models: the collected proposals in original-image coordinates (rois / im_scale,
-        ``core/rpn_generator.py::im_proposals``), class 0, in descending probability per image."""
-        image_index = rois[:, 0].to(torch.int64)
-        boxes = rois[:, 1:5] / scales32[image_index, None]
-        counts = torch.bincount(image_index, minlength=len(batch)).cpu().tolist()
-        return DeviceOutputs(list(batch), boxes.cpu().numpy(), probs.cpu().numpy(),
-                             np.zeros(len(probs), np.int64), np.concatenate(([0], np.cumsum(counts))).tolist())
-
     def _finish_batch(self, out: DeviceOutputs) -> list[ImageDetections]:
-        cfg = self.cfg
-        m = cfg.MRCNN.RESOLUTION
+        mask, kps = self.params.mask, self.params.keypoints
         results = []
         for i, p in enumerate(out.batch):
             s = slice(out.offsets[i], out.offsets[i + 1])
             det = ImageDetections(p.orig_height, p.orig_width, out.boxes[s], out.scores[s], out.classes[s])
-            if cfg.MODEL.MASK_ON and out.masks is not None:
+            if mask is not None and out.masks is not None:
                 det.masks = out.masks[i]
-            elif cfg.MODEL.MASK_ON:
+            elif mask is not None:
+                m = mask.resolution
                 probs = out.mask_probs[s] if out.mask_probs is not None else np.zeros((0, m, m), np.float32)
-                det.masks = paste_and_encode(probs, out.boxes[s], p.orig_height, p.orig_width,
-                                             cfg.MRCNN.THRESH_BINARIZE)
-            if cfg.MODEL.KEYPOINTS_ON and out.keypoints is not None:
+                det.masks = paste_and_encode(probs, out.boxes[s], p.orig_height, p.orig_width, mask.thresh_binarize)
+            if kps is not None and out.keypoints is not None:
                 det.keypoints = out.keypoints[s]
-            elif cfg.MODEL.KEYPOINTS_ON:
-                det.keypoints = (heatmaps_to_keypoints(out.heatmaps[s], out.boxes[s], cfg.KRCNN.INFERENCE_MIN_SIZE)
+            elif kps is not None:
+                det.keypoints = (heatmaps_to_keypoints(out.heatmaps[s], out.boxes[s], kps.inference_min_size)
                                  if out.heatmaps is not None
-                                 else np.zeros((0, 4, cfg.KRCNN.NUM_KEYPOINTS), np.float32))
+                                 else np.zeros((0, 4, kps.num_keypoints), np.float32))
             results.append(det)
         return results
-

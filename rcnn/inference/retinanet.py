@@ -27,9 +27,9 @@ from torch import Tensor
 
 from rcnn.data.preprocess import PreparedImage
 from rcnn.inference.postprocess import BoxDetections
-from rcnn.modeling.generalized_rcnn import UnsupportedModelError
 from rcnn.modeling.proposals import _rank_in_runs
 from rcnn.modeling.retinanet import RetinaNet
+from rcnn.modeling.support import UnsupportedModelError
 from rcnn.ops import boxes as box_ops
 from rcnn.ops.anchors import retinanet_cell_anchors
 from rcnn.ops.nms import batched_nms, sort_desc

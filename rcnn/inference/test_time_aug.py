@@ -21,6 +21,7 @@ The network stages are the model's (``features``, ``proposals``, ``box_outputs``
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -30,10 +31,11 @@ from torch import Tensor
 
 from detectron_parity.errors import UserError
 from rcnn.data.datasets import COCO_KEYPOINT_NAMES
+from rcnn.data.im_info import ImInfo
 from rcnn.data.preprocess import PreparedImage, images_to_blob, prepare
 from rcnn.data.roidb import keypoint_flip_permutation
-from rcnn.inference.detector import DeviceOutputs, class_boxes, rois_for_heads
-from rcnn.inference.postprocess import NmsVariants, box_results_with_nms_and_limit
+from rcnn.inference.postprocess import box_results_with_nms_and_limit
+from rcnn.inference.stages import DeviceOutputs, class_boxes, rois_for_heads
 from rcnn.ops import boxes as box_ops
 
 logger = logging.getLogger(__name__)
@@ -197,72 +199,81 @@ def combine_heatmaps(hms_ts: list[Tensor], ds_ts: list[bool], us_ts: list[bool],
 
 
 class Augmentation:
-    """``im_detect_all`` with TEST.*_AUG for a ``Detector`` (its model, cfg, device and proposal parameters)."""
+    """``im_detect_all`` with TEST.*_AUG for a ``Detector`` (its model, device and parameters; the
+    ``TEST.*_AUG`` nodes are read here, once): the stage (``rcnn.inference.stages``) of any family
+    with test-time augmentation, one image at a time."""
+
+    one_image_at_a_time = True
 
     def __init__(self, detector) -> None:
-        check_cfg(detector.cfg)
+        cfg = detector.cfg
+        check_cfg(cfg)
         self.det = detector
+        self.blob_stride = cfg.FPN.COARSEST_STRIDE
+        self.bbox_aug, self.mask_aug, self.kps_aug = cfg.TEST.BBOX_AUG, cfg.TEST.MASK_AUG, cfg.TEST.KPS_AUG
         self.kp_perm = torch.from_numpy(keypoint_flip_permutation(COCO_KEYPOINT_NAMES))
 
     def _prepare(self, im: np.ndarray, view: View) -> PreparedImage:
         return prepare(view.image(im), view.scale, view.max_size, self.det.pixel_means)
 
-    def _features(self, p: PreparedImage) -> tuple[list[Tensor], Tensor]:
+    def _features(self, p: PreparedImage) -> tuple[list[Tensor], ImInfo]:
         dev = self.det.device
-        blob = torch.from_numpy(images_to_blob([p.data], self.det.cfg.FPN.COARSEST_STRIDE)).to(dev)
+        blob = torch.from_numpy(images_to_blob([p.data], self.blob_stride)).to(dev)
         scale32 = torch.tensor([p.scale], dtype=torch.float32, device=dev)
-        im_info = torch.stack((torch.full_like(scale32, blob.shape[2]), torch.full_like(scale32, blob.shape[3]),
-                               scale32), dim=1)
-        return self.det.model.features(blob), im_info
+        return self.det.model.features(blob), ImInfo.of_blob(blob, scale32)
 
     def _boxes(self, p: PreparedImage) -> tuple[Tensor, Tensor, list[Tensor]]:
         """``im_detect_bbox``: per-RoI class scores and clipped class boxes of one prepared image."""
-        cfg, model = self.det.cfg, self.det.model
+        model = self.det.model
         feats, im_info = self._features(p)
-        rois, _ = model.proposals(feats, im_info, self.det.proposal_params)
+        rois, _ = model.proposals(feats, im_info, self.det.params.proposals)
         cls_logits, deltas = model.box_outputs(feats, rois)
         scores = torch.softmax(cls_logits, dim=1)
-        boxes = rois[:, 1:5] / im_info[0, 2]
-        pred = class_boxes(cfg, boxes, deltas, scores.shape[1], float(p.orig_height), float(p.orig_width))
+        boxes = rois[:, 1:5] / im_info.scale[0]
+        pred = class_boxes(self.det.params.box_decode, boxes, deltas, scores.shape[1], float(p.orig_height),
+                           float(p.orig_width))
         return scores, pred, feats
 
-    def __call__(self, p: PreparedImage) -> DeviceOutputs:
-        """Detections of one image prepared by ``Detector.prepare`` (which keeps its source image)."""
-        cfg, model, dev = self.det.cfg, self.det.model, self.det.device
+    def __call__(self, batch: Sequence[PreparedImage]) -> DeviceOutputs:
+        """Detections of the one image of ``batch``, prepared by ``Detector.prepare`` (which keeps its
+        source image)."""
+        (p,) = batch
+        prm, model, dev = self.det.params, self.det.model, self.det.device
         im, width = p.source, p.orig_width
         if im is None:
             raise AugmentationError("test-time augmentation needs the source image: prepare with Detector.prepare")
-        scale, max_size = cfg.TEST.SCALE, cfg.TEST.MAX_SIZE
+        scale, max_size = prm.scale, prm.max_size
         with torch.no_grad():
             scores, pred, feats = self._boxes(p)          # identity: Detectron runs it last, same result
-            if cfg.TEST.BBOX_AUG.ENABLED:
+            if self.bbox_aug.ENABLED:
                 scores_ts, boxes_ts = [], []
-                for view in box_views(cfg.TEST.BBOX_AUG, scale, max_size)[:-1]:
+                for view in box_views(self.bbox_aug, scale, max_size)[:-1]:
                     s, b, _ = self._boxes(self._prepare(im, view))
                     scores_ts.append(s)
                     boxes_ts.append(view.from_view(b, width))
                 scores, pred = combine_boxes(scores_ts + [scores], boxes_ts + [pred],
-                                             cfg.TEST.BBOX_AUG.SCORE_HEUR, cfg.TEST.BBOX_AUG.COORD_HEUR)
+                                             self.bbox_aug.SCORE_HEUR, self.bbox_aug.COORD_HEUR)
             image_index = torch.zeros(len(scores), dtype=torch.long, device=dev)
-            dets = box_results_with_nms_and_limit(scores, pred, image_index, 1, cfg.TEST.SCORE_THRESH, cfg.TEST.NMS,
-                                                  cfg.TEST.DETECTIONS_PER_IM, NmsVariants.from_cfg(cfg))
+            r = prm.box_results
+            dets = box_results_with_nms_and_limit(scores, pred, image_index, 1, r.score_thresh, r.nms,
+                                                  r.detections_per_im, r.variants)
             out = DeviceOutputs([p], dets.boxes.cpu().numpy(), dets.scores.cpu().numpy(),
                                 dets.classes.cpu().numpy(), dets.offsets)
             if len(dets.scores) == 0:
                 return out
             identity = (p, feats)
-            if cfg.MODEL.MASK_ON:
-                channel = dets.classes if cfg.MRCNN.CLS_SPECIFIC_MASK else torch.zeros_like(dets.classes)
+            if prm.mask is not None:
+                channel = dets.classes if prm.mask.cls_specific else torch.zeros_like(dets.classes)
                 rows = torch.arange(len(channel), device=dev)
 
                 def masks(feats, rois):
                     return torch.sigmoid(model.mask_logits(feats, rois)[rows, channel])
-                aug = cfg.TEST.MASK_AUG
+                aug = self.mask_aug
                 probs = self._head(im, dets.boxes, aug, identity, masks, lambda x: x.flip(-1))
                 merged = combine_masks([x for x, _ in probs], aug.HEUR) if aug.ENABLED else probs[0][0]
                 out.mask_probs = merged.cpu().numpy()
-            if cfg.MODEL.KEYPOINTS_ON:
-                aug = cfg.TEST.KPS_AUG
+            if prm.keypoints is not None:
+                aug = self.kps_aug
                 perm = self.kp_perm.to(dev)
                 hms = self._head(im, dets.boxes, aug, identity, model.keypoint_logits,
                                  lambda x: x[:, perm].flip(-1))
@@ -274,8 +285,7 @@ class Augmentation:
 
     def _head(self, im, boxes: Tensor, aug, identity, head, unflip) -> list[tuple[Tensor, View]]:
         """One head's outputs for the final boxes in every view of ``aug`` (the identity only when off)."""
-        cfg = self.det.cfg
-        views = head_views(aug, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
+        views = head_views(aug, self.det.params.scale, self.det.params.max_size)
         zeros = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
         out = []
         for view in views if aug.ENABLED else views[:1]:

@@ -16,32 +16,27 @@ Why each rule: ``docs/c4.md``.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
-from rcnn.modeling.generalized_rcnn import UnsupportedModelError
+from rcnn.data.im_info import ImInfo
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
-from rcnn.modeling.resnet import Bottleneck, ResNetBody
+from rcnn.modeling.resnet import C4_BODY, Bottleneck, ResNetConv4Body, build_body
 from rcnn.modeling.rpn import RPNHead
+from rcnn.modeling.support import UnsupportedModelError
+from rcnn.modeling.support import require as _require
+from rcnn.ops.pooler import RoIXform
 
-_C4_BODY = re.compile(r"^ResNet\.add_ResNet(50|101)_conv4_body$")
+__all__ = ["C4_LEVEL", "MaskHeadV0UpShare", "Res5Head", "ResNetC4RCNN", "ResNetConv4Body", "is_c4"]
 # res4 is at stride 16 = 2**4: the level the single-scale RPN and the RoI heads use.
 C4_LEVEL = 4
 
 
 def is_c4(cfg) -> bool:
     """Whether ``cfg`` describes a C4 model (conv4 body, no FPN)."""
-    return _C4_BODY.match(cfg.MODEL.CONV_BODY) is not None
-
-
-class ResNetConv4Body(ResNetBody):
-    """``add_ResNet_convX_body`` with three block counts: stem and res2..res4."""
-
-    num_stages = 3
+    return C4_BODY.match(cfg.MODEL.CONV_BODY) is not None
 
 
 class Res5Head(nn.Module):
@@ -90,26 +85,22 @@ class MaskHeadV0UpShare(nn.Module):
         return self.mask_fcn_logits(F.relu(self.conv5_mask(res5)))
 
 
-def _require(cond: bool, what: str) -> None:
-    if not cond:
-        raise UnsupportedModelError(f"unsupported config: {what}")
-
-
 class ResNetC4RCNN(nn.Module):
     """Faster / Mask R-CNN (or RPN only) with a ResNet-C4 body, at inference."""
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        body = _C4_BODY.match(cfg.MODEL.CONV_BODY)
-        _require(body is not None, f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} is not a C4 body")
+        _require(is_c4(cfg), f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} is not a C4 body")
         _require(not cfg.FPN.FPN_ON, "a conv4 body with FPN.FPN_ON")
         # End to end (MODEL.FASTER_RCNN), RPN only, or Fast R-CNN on precomputed proposals (no RPN).
         _require(cfg.MODEL.TYPE in ("generalized_rcnn", "rpn"), f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
         _require(not cfg.MODEL.KEYPOINTS_ON, "C4 keypoint models")
-        self.cfg = cfg
+        self.cfg = cfg   # the config it was built from (checkpoints save it); the stages read the params below
+        self.aspect_ratios = tuple(cfg.RPN.ASPECT_RATIOS)
+        self.box_xform = RoIXform.from_node(cfg.FAST_RCNN)
+        self.mask_xform = RoIXform.from_node(cfg.MRCNN)
         r = cfg.RESNETS
-        self.backbone = ResNetConv4Body(int(body.group(1)), r.STRIDE_1X1, 1, r.WIDTH_PER_GROUP, r.NUM_GROUPS,
-                                        cfg.TRAIN.FREEZE_AT)
+        self.backbone = build_body(cfg)
         dim = self.backbone.out_channels[-1]
         self.anchor_sizes = [tuple(cfg.RPN.SIZES)]
         if cfg.RPN.RPN_ON:
@@ -140,24 +131,25 @@ class ResNetC4RCNN(nn.Module):
         """``[res4_{n}_sum]``: the one feature map (stride 16) of an unpadded (B, 3, H, W) blob."""
         return [self.backbone(blob)[-1]]
 
-    def proposals(self, feats: list[Tensor], im_info: Tensor, params: ProposalParams) -> tuple[Tensor, Tensor]:
-        """Single-level RPN and ``GenerateProposals`` (``rois`` = ``rpn_rois``, no collection)."""
-        logits, deltas = self.rpn(feats)
-        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, [C4_LEVEL], self.anchor_sizes,
-                                  self.cfg.RPN.ASPECT_RATIOS, params)
+    def rpn_outputs(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Single-level objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
+        return self.rpn(feats)
 
-    def _pool(self, feats: list[Tensor], rois: Tensor, resolution: int, sampling_ratio: int) -> Tensor:
+    def proposals(self, feats: list[Tensor], im_info: ImInfo, params: ProposalParams) -> tuple[Tensor, Tensor]:
+        """Single-level RPN and ``GenerateProposals`` (``rois`` = ``rpn_rois``, no collection)."""
+        logits, deltas = self.rpn_outputs(feats)
+        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, [C4_LEVEL], self.anchor_sizes,
+                                  self.aspect_ratios, params)
+
+    def _pool(self, feats: list[Tensor], rois: Tensor, xform: RoIXform) -> Tensor:
         """Caffe2 ``RoIAlign`` at 1/16 (``sampling_ratio`` 0: adaptive ``ceil(roi / resolution)``)."""
-        return roi_align(feats[0], rois.to(feats[0].dtype), resolution, spatial_scale=1.0 / 2**C4_LEVEL,
-                         sampling_ratio=sampling_ratio, aligned=False)
+        return roi_align(feats[0], rois.to(feats[0].dtype), xform.resolution, spatial_scale=1.0 / 2**C4_LEVEL,
+                         sampling_ratio=xform.sampling_ratio, aligned=False)
 
     def box_outputs(self, feats: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits (R, K) and deltas (R, 4K) for (R, 5) rois."""
-        c = self.cfg.FAST_RCNN
-        return self.box_head(self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO))
+        return self.box_head(self._pool(feats, rois, self.box_xform))
 
     def mask_logits(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """Mask logits (R, K, 14, 14): res5 recomputed on the mask RoIs (``_[mask]_pool5``)."""
-        c = self.cfg.MRCNN
-        pooled = self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO)
-        return self.mask_head(self.box_head.res5_features(pooled))
+        return self.mask_head(self.box_head.res5_features(self._pool(feats, rois, self.mask_xform)))

@@ -4,53 +4,43 @@ GroupNorm): the network itself.
 The components are the top-level children whose names start every state-dict
 key (see ``rcnn.naming``). Each stage is a method so that inference
 (``rcnn.inference.detector``) and training can run them with their own
-post-processing in between; nothing here leaves the device.
+post-processing in between; nothing here leaves the device. The stages read
+typed parameters built once from the config here, never the config itself
+(docs/architecture.md).
 """
 from __future__ import annotations
-
-import re
 
 import torch
 from torch import Tensor, nn
 
-from detectron_parity.errors import UserError
+from rcnn.data.im_info import ImInfo
 from rcnn.modeling.box_head import BoxHead, ConvFCBoxHead
 from rcnn.modeling.fpn import FPN
 from rcnn.modeling.group_norm import GroupNormSpec
 from rcnn.modeling.keypoint_head import KeypointHead
 from rcnn.modeling.mask_head import MaskHead
 from rcnn.modeling.proposals import ProposalParams, generate_proposals
-from rcnn.modeling.resnet import ResNetBody
+from rcnn.modeling.resnet import FPN_BODY, build_body
 from rcnn.modeling.rpn import RPNHead
-from rcnn.modeling.training import training_losses
-from rcnn.ops.pooler import multilevel_roi_align
+from rcnn.modeling.support import UnsupportedModelError
+from rcnn.modeling.support import require as _require
+from rcnn.modeling.training import TrainingParams, training_losses
+from rcnn.ops.pooler import RoIXform, multilevel_roi_align
 
 # model_builder.py: the deprecated MODEL.TYPEs that build generalized_rcnn unchanged.
 _GENERALIZED_RCNN_TYPES = ("generalized_rcnn", "fast_rcnn", "mask_rcnn", "keypoint_rcnn", "mask_and_keypoint_rcnn")
-_FPN_BODY = re.compile(r"^FPN\.add_fpn_ResNet(50|101|152)_conv5_body$")
 # MRCNN.ROI_MASK_HEAD -> (number of 3x3 convs, GroupNorm)
 _MASK_HEAD_CONVS = {
     "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs": (4, False),
     "mask_rcnn_heads.mask_rcnn_fcn_head_v1up": (2, False),
     "mask_rcnn_heads.mask_rcnn_fcn_head_v1up4convs_gn": (4, True),
 }
-# (RESNETS.STEM_FUNC, TRANS_FUNC, SHORTCUT_FUNC) of the AffineChannel and the GroupNorm bodies.
-_BN_BODY = ("basic_bn_stem", "bottleneck_transformation", "basic_bn_shortcut")
-_GN_BODY = ("basic_gn_stem", "bottleneck_gn_transformation", "basic_gn_shortcut")
+__all__ = ["GeneralizedRCNN", "UnsupportedModelError"]
 
 
-class UnsupportedModelError(UserError, ValueError):
-    """The config asks for a Detectron model family this project does not build."""
-
-
-def _require(cond: bool, what: str) -> None:
-    if not cond:
-        raise UnsupportedModelError(f"unsupported config: {what}")
-
-
-def _check_fpn_body(cfg) -> int:
-    """The checks of the end-to-end FPN ResNet/ResNeXt family; returns the ResNet depth."""
-    body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
+def _check_fpn_body(cfg) -> None:
+    """The checks of the end-to-end FPN ResNet/ResNeXt family."""
+    body = FPN_BODY.match(cfg.MODEL.CONV_BODY)
     _require(body is not None and cfg.FPN.FPN_ON,
              f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
     _require(cfg.MODEL.TYPE in _GENERALIZED_RCNN_TYPES, f"MODEL.TYPE {cfg.MODEL.TYPE!r}")
@@ -60,14 +50,6 @@ def _check_fpn_body(cfg) -> int:
     _require(not cfg.FPN.EXTRA_CONV_LEVELS, "FPN.EXTRA_CONV_LEVELS")
     _require(cfg.FPN.RPN_MAX_LEVEL == 6 and cfg.FPN.ROI_MAX_LEVEL == 5 and cfg.FPN.RPN_MIN_LEVEL == 2
              and cfg.FPN.ROI_MIN_LEVEL == 2, "FPN levels other than RPN 2-6 / RoI 2-5")
-    return int(body.group(1))
-
-
-def _body_uses_gn(cfg) -> bool:
-    """GroupNorm body (``04_2018_gn_baselines``) or AffineChannel body; no mixtures."""
-    funcs = (cfg.RESNETS.STEM_FUNC, cfg.RESNETS.TRANS_FUNC, cfg.RESNETS.SHORTCUT_FUNC)
-    _require(funcs in (_BN_BODY, _GN_BODY), f"RESNETS.STEM_FUNC/TRANS_FUNC/SHORTCUT_FUNC {funcs}")
-    return funcs == _GN_BODY
 
 
 def _box_head(cfg, dim: int, gn: GroupNormSpec) -> nn.Module:
@@ -86,12 +68,10 @@ def _box_head(cfg, dim: int, gn: GroupNormSpec) -> nn.Module:
 class GeneralizedRCNN(nn.Module):
     def __init__(self, cfg) -> None:
         super().__init__()
-        depth = _check_fpn_body(cfg)
-        self.cfg = cfg
+        _check_fpn_body(cfg)
+        self.cfg = cfg   # the config it was built from (checkpoints save it); the stages read the params below
         gn = GroupNormSpec.from_cfg(cfg)
-        self.backbone = ResNetBody(depth, cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
-                                   cfg.RESNETS.WIDTH_PER_GROUP, cfg.RESNETS.NUM_GROUPS, cfg.TRAIN.FREEZE_AT,
-                                   gn if _body_uses_gn(cfg) else None)
+        self.backbone = build_body(cfg)
         sums = [self.backbone.sum_name(s) for s in range(2, 6)]
         dim = cfg.FPN.DIM
         self.fpn = FPN(self.backbone.out_channels, sums, dim, gn=gn if cfg.FPN.USE_GN else None)
@@ -99,6 +79,13 @@ class GeneralizedRCNN(nn.Module):
         self.roi_levels = list(range(cfg.FPN.ROI_MIN_LEVEL, cfg.FPN.ROI_MAX_LEVEL + 1))
         self.anchor_sizes = [cfg.FPN.RPN_ANCHOR_START_SIZE * 2 ** (lvl - cfg.FPN.RPN_MIN_LEVEL)
                              for lvl in self.rpn_levels]
+        self.aspect_ratios = tuple(cfg.FPN.RPN_ASPECT_RATIOS)
+        self.canonical_scale, self.canonical_level = cfg.FPN.ROI_CANONICAL_SCALE, cfg.FPN.ROI_CANONICAL_LEVEL
+        self.box_xform = RoIXform.from_node(cfg.FAST_RCNN)
+        self.mask_xform = RoIXform.from_node(cfg.MRCNN)
+        self.keypoint_xform = RoIXform.from_node(cfg.KRCNN)
+        self.end_to_end = cfg.MODEL.FASTER_RCNN
+        self.train_params = TrainingParams.from_cfg(cfg)
         if cfg.RPN.RPN_ON:
             self.rpn = RPNHead(dim, len(cfg.FPN.RPN_ASPECT_RATIOS), cfg.FPN.RPN_MIN_LEVEL)
         if cfg.MODEL.RPN_ONLY:
@@ -123,7 +110,7 @@ class GeneralizedRCNN(nn.Module):
     def forward(self, batch, sampler) -> dict[str, Tensor]:
         """Training: the losses of a ``TrainBatch`` (``rcnn.modeling.training``). Inference
         runs the stages below through ``rcnn.inference.detector.Detector``."""
-        _require(self.cfg.MODEL.FASTER_RCNN, "training other than end to end (MODEL.FASTER_RCNN)")
+        _require(self.end_to_end, "training other than end to end (MODEL.FASTER_RCNN)")
         return training_losses(self, batch, sampler)
 
     # -- stages ---------------------------------------------------------------
@@ -131,28 +118,33 @@ class GeneralizedRCNN(nn.Module):
         """FPN levels P2..P6 of a (B, 3, H, W) blob padded to a multiple of 32."""
         return self.fpn(self.backbone(blob))
 
-    def proposals(self, feats: list[Tensor], im_info: Tensor, params: ProposalParams) -> tuple[Tensor, Tensor]:
-        """RPN on P2..P6, then proposal generation and collection."""
-        logits, deltas = self.rpn(feats)
-        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, self.rpn_levels, self.anchor_sizes,
-                                  self.cfg.FPN.RPN_ASPECT_RATIOS, params)
+    def rpn_outputs(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per RPN level: objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
+        return self.rpn(feats)
 
-    def _pool(self, feats: list[Tensor], rois: Tensor, resolution: int, sampling_ratio: int) -> Tensor:
+    def proposals_from_outputs(self, logits: list[Tensor], deltas: list[Tensor], im_info: ImInfo,
+                               params: ProposalParams) -> tuple[Tensor, Tensor]:
+        """Proposal generation and collection from ``rpn_outputs`` (training and inference)."""
+        return generate_proposals([torch.sigmoid(x) for x in logits], deltas, im_info, self.rpn_levels,
+                                  self.anchor_sizes, self.aspect_ratios, params)
+
+    def proposals(self, feats: list[Tensor], im_info: ImInfo, params: ProposalParams) -> tuple[Tensor, Tensor]:
+        """RPN on P2..P6, then proposal generation and collection."""
+        return self.proposals_from_outputs(*self.rpn_outputs(feats), im_info, params)
+
+    def _pool(self, feats: list[Tensor], rois: Tensor, xform: RoIXform) -> Tensor:
         n = len(self.roi_levels)
-        return multilevel_roi_align(feats[:n], rois, self.roi_levels, resolution, sampling_ratio,
-                                    self.cfg.FPN.ROI_CANONICAL_SCALE, self.cfg.FPN.ROI_CANONICAL_LEVEL)
+        return multilevel_roi_align(feats[:n], rois, self.roi_levels, xform.resolution, xform.sampling_ratio,
+                                    self.canonical_scale, self.canonical_level)
 
     def box_outputs(self, feats: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits (R, K) and deltas (R, 4K) for (R, 5) rois."""
-        c = self.cfg.FAST_RCNN
-        return self.box_head(self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO))
+        return self.box_head(self._pool(feats, rois, self.box_xform))
 
     def mask_logits(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """Mask logits (R, K, 28, 28)."""
-        c = self.cfg.MRCNN
-        return self.mask_head(self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO))
+        return self.mask_head(self._pool(feats, rois, self.mask_xform))
 
     def keypoint_logits(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """Keypoint heatmap logits (R, J, 56, 56)."""
-        c = self.cfg.KRCNN
-        return self.keypoint_head(self._pool(feats, rois, c.ROI_XFORM_RESOLUTION, c.ROI_XFORM_SAMPLING_RATIO))
+        return self.keypoint_head(self._pool(feats, rois, self.keypoint_xform))

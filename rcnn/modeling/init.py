@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from rcnn.modeling.c4 import is_c4
-from rcnn.modeling.generalized_rcnn import GeneralizedRCNN, UnsupportedModelError
+from rcnn.modeling.generalized_rcnn import GeneralizedRCNN
 from rcnn.modeling.group_norm import GroupNorm
+from rcnn.modeling.support import UnsupportedModelError
 
 
 def xavier_fill(w: Tensor, gen: torch.Generator) -> None:

@@ -2,7 +2,7 @@
 
 Per level and image (``ops/generate_proposals.py``): sort anchors by sigmoid
 probability and keep the top ``pre_nms_top_n``, decode with weights (1, 1, 1, 1),
-clip to ``im_info`` (the *padded* blob size at test time), drop degenerate boxes
+clip to ``im_info`` (``rcnn.data.im_info``: the *padded* blob size at test time), drop degenerate boxes
 (HEAD's ``_filter_boxes``), NMS at ``nms_thresh`` and keep ``post_nms_top_n``.
 Then ``collect`` (``ops/collect_and_distribute_fpn_rpn_proposals.py``) keeps the
 top ``post_nms_top_n`` over all levels: per image at test time, per *batch* in
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rcnn.data.im_info import ImInfo
 from rcnn.ops import boxes as box_ops
 from rcnn.ops.anchors import grid_anchors
 from rcnn.ops.nms import batched_nms, sort_desc
@@ -51,7 +52,7 @@ def _rank_in_runs(keys: Tensor) -> Tensor:
 def generate_proposals(
     cls_probs: Sequence[Tensor],
     bbox_deltas: Sequence[Tensor],
-    im_info: Tensor,
+    im_info: ImInfo,
     levels: Sequence[int],
     anchor_sizes: Sequence[float | Sequence[float]],
     aspect_ratios: Sequence[float],
@@ -62,7 +63,7 @@ def generate_proposals(
     Args:
         cls_probs / bbox_deltas: per level, sigmoid objectness (B, A, H, W) and
             deltas (B, 4A, H, W).
-        im_info: (B, 3) float32 rows ``[height, width, scale]`` used for clipping.
+        im_info: ``[height, width, scale]`` per image; proposals are clipped to its height and width.
         levels / anchor_sizes: FPN level (stride ``2**level``) and anchor size of each
             entry; a sequence of sizes gives one anchor per (ratio, size), as the
             single-level C4 RPN's ``RPN.SIZES`` at level 4 (stride 16).
@@ -73,11 +74,11 @@ def generate_proposals(
         probabilities (R,).
     """
     device = im_info.device
-    num_images = im_info.shape[0]
+    num_images = len(im_info)
     num_levels = len(levels)
-    im_h = im_info[:, 0:1]
-    im_w = im_info[:, 1:2]
-    im_scale = im_info[:, 2:3]
+    im_h = im_info.height[:, None]
+    im_w = im_info.width[:, None]
+    im_scale = im_info.scale[:, None]
     min_size = max(params.min_size, 1)
 
     cand_boxes, cand_scores, cand_groups = [], [], []

@@ -8,6 +8,7 @@ Detectron ``*_bn_s``/``*_bn_b`` pair is applied exactly. The GroupNorm bodies of
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -15,9 +16,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rcnn.modeling.group_norm import GroupNormSpec
+from rcnn.modeling.support import require
 
 # Blocks per stage (res2..res5) for the bodies Detectron names in MODEL.CONV_BODY.
 BLOCK_COUNTS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# MODEL.CONV_BODY of the conv5 bodies (FPN, RetinaNet) and of the conv4 bodies (C4).
+FPN_BODY = re.compile(r"^FPN\.add_fpn_ResNet(50|101|152)_conv5_body$")
+C4_BODY = re.compile(r"^ResNet\.add_ResNet(50|101)_conv4_body$")
+# (RESNETS.STEM_FUNC, TRANS_FUNC, SHORTCUT_FUNC) of the AffineChannel and the GroupNorm bodies.
+_BN_FUNCS = ("basic_bn_stem", "bottleneck_transformation", "basic_bn_shortcut")
+_GN_FUNCS = ("basic_gn_stem", "bottleneck_gn_transformation", "basic_gn_shortcut")
 
 
 class AffineChannel(nn.Module):
@@ -147,3 +155,36 @@ class ResNetBody(nn.Module):
                 x = block(x)
             outs.append(x)
         return outs
+
+
+class ResNetConv4Body(ResNetBody):
+    """``add_ResNet_convX_body`` with three block counts: stem and res2..res4 (the C4 body)."""
+
+    num_stages = 3
+
+
+def body_uses_gn(cfg) -> bool:
+    """GroupNorm body (``04_2018_gn_baselines``) or AffineChannel body; no mixtures."""
+    funcs = (cfg.RESNETS.STEM_FUNC, cfg.RESNETS.TRANS_FUNC, cfg.RESNETS.SHORTCUT_FUNC)
+    require(funcs in (_BN_FUNCS, _GN_FUNCS), f"RESNETS.STEM_FUNC/TRANS_FUNC/SHORTCUT_FUNC {funcs}")
+    return funcs == _GN_FUNCS
+
+
+def build_body(cfg) -> ResNetBody:
+    """The body ``MODEL.CONV_BODY`` names, as every model family builds it:
+    ``FPN.add_fpn_ResNet{50,101,152}_conv5_body`` (res2..res5, ``RESNETS.RES5_DILATION``) or
+    ``ResNet.add_ResNet{50,101}_conv4_body`` (res2..res4), with ``RESNETS.*`` widths, groups and
+    ``STRIDE_1X1``, frozen up to ``TRAIN.FREEZE_AT``, GroupNorm when ``RESNETS.*_FUNC`` say so."""
+    name = cfg.MODEL.CONV_BODY
+    conv5, conv4 = FPN_BODY.match(name), C4_BODY.match(name)
+    require(conv5 is not None or conv4 is not None,
+            f"MODEL.CONV_BODY {name!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body or "
+            "ResNet.add_ResNet{50,101}_conv4_body)")
+    r = cfg.RESNETS
+    gn = GroupNormSpec.from_cfg(cfg) if body_uses_gn(cfg) else None
+    if conv4 is not None:
+        return ResNetConv4Body(int(conv4.group(1)), r.STRIDE_1X1, 1, r.WIDTH_PER_GROUP, r.NUM_GROUPS,
+                               cfg.TRAIN.FREEZE_AT, gn)
+    assert conv5 is not None
+    return ResNetBody(int(conv5.group(1)), r.STRIDE_1X1, r.RES5_DILATION, r.WIDTH_PER_GROUP, r.NUM_GROUPS,
+                      cfg.TRAIN.FREEZE_AT, gn)

@@ -28,11 +28,11 @@ from torch.nn import functional as F
 
 from rcnn.data.train_batch import TrainBatch
 from rcnn.modeling.fpn import FPN
-from rcnn.modeling.generalized_rcnn import _FPN_BODY, _require
 from rcnn.modeling.init import gaussian_fill, xavier_fill
-from rcnn.modeling.resnet import ResNetBody
-from rcnn.modeling.retinanet_losses import retinanet_losses
+from rcnn.modeling.resnet import FPN_BODY, build_body
+from rcnn.modeling.retinanet_losses import RetinaNetLossParams, retinanet_losses
 from rcnn.modeling.retinanet_targets import RetinaNetTargetParams, retinanet_targets
+from rcnn.modeling.support import require as _require
 
 HIGHEST_BACKBONE_LEVEL = 5
 
@@ -94,10 +94,9 @@ class RetinaNetHead(nn.Module):
 class RetinaNet(nn.Module):
     def __init__(self, cfg) -> None:
         super().__init__()
-        body = _FPN_BODY.match(cfg.MODEL.CONV_BODY)
         _require(cfg.MODEL.TYPE == "retinanet" and cfg.RETINANET.RETINANET_ON,
                  "RetinaNet needs MODEL.TYPE retinanet and RETINANET.RETINANET_ON")
-        _require(body is not None and cfg.FPN.FPN_ON,
+        _require(FPN_BODY.match(cfg.MODEL.CONV_BODY) is not None and cfg.FPN.FPN_ON,
                  f"MODEL.CONV_BODY {cfg.MODEL.CONV_BODY!r} (only FPN.add_fpn_ResNet{{50,101,152}}_conv5_body)")
         r, f = cfg.RETINANET, cfg.FPN
         _require(f.MULTILEVEL_RPN and not f.MULTILEVEL_ROIS, "RetinaNet needs FPN.MULTILEVEL_RPN only")
@@ -108,11 +107,11 @@ class RetinaNet(nn.Module):
         _require(not f.USE_GN, "FPN.USE_GN with RetinaNet")
         _require(not r.SOFTMAX and not r.CLASS_SPECIFIC_BBOX,
                  "RETINANET.SOFTMAX / RETINANET.CLASS_SPECIFIC_BBOX (no Detectron model uses them)")
-        self.cfg = cfg
+        self.cfg = cfg   # the config it was built from (saved with checkpoints); the stages read the params
         self.levels = list(range(f.RPN_MIN_LEVEL, f.RPN_MAX_LEVEL + 1))
-        assert body is not None
-        self.backbone = ResNetBody(int(body.group(1)), cfg.RESNETS.STRIDE_1X1, cfg.RESNETS.RES5_DILATION,
-                                   cfg.RESNETS.WIDTH_PER_GROUP, cfg.RESNETS.NUM_GROUPS, cfg.TRAIN.FREEZE_AT)
+        self.target_params = RetinaNetTargetParams.from_cfg(cfg)
+        self.loss_params = RetinaNetLossParams.from_cfg(cfg)
+        self.backbone = build_body(cfg)
         first = f.RPN_MIN_LEVEL - 2
         self.fpn = ExtraLevelsFPN(self.backbone.out_channels[first:],
                                   [self.backbone.sum_name(s) for s in range(f.RPN_MIN_LEVEL, 6)], f.DIM,
@@ -125,9 +124,9 @@ class RetinaNet(nn.Module):
         """Training: Detectron's RetinaNet losses of a ``TrainBatch`` (nothing is sampled, so
         ``sampler``, part of the training loop's call, is unused)."""
         logits, deltas = self.head_outputs(self.features(batch.blob))
-        targets = retinanet_targets([(x.shape[-2], x.shape[-1]) for x in logits], batch.im_info, batch.targets,
-                                    RetinaNetTargetParams.from_cfg(self.cfg))
-        return retinanet_losses(logits, deltas, targets, self.levels, self.cfg)
+        targets = retinanet_targets([(x.shape[-2], x.shape[-1]) for x in logits], batch.image_info, batch.targets,
+                                    self.target_params)
+        return retinanet_losses(logits, deltas, targets, self.levels, self.loss_params)
 
     def features(self, blob: Tensor) -> list[Tensor]:
         """FPN levels P``min``..P``max`` of a (B, 3, H, W) blob padded to ``FPN.COARSEST_STRIDE``."""

@@ -19,6 +19,7 @@ the exact derivatives).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -57,15 +58,29 @@ def select_smooth_l1_loss(deltas: Tensor, locs: Tensor, targets: Tensor, fg_num:
     return per.sum() / torch.clamp(fg_num, min=1.0)
 
 
+@dataclass(frozen=True)
+class RetinaNetLossParams:
+    """``RETINANET.BBOX_REG_WEIGHT`` / ``BBOX_REG_BETA`` / ``LOSS_GAMMA`` / ``LOSS_ALPHA``."""
+
+    bbox_reg_weight: float
+    bbox_reg_beta: float
+    gamma: float
+    alpha: float
+
+    @classmethod
+    def from_cfg(cls, cfg) -> RetinaNetLossParams:
+        r = cfg.RETINANET
+        return cls(r.BBOX_REG_WEIGHT, r.BBOX_REG_BETA, r.LOSS_GAMMA, r.LOSS_ALPHA)
+
+
 def retinanet_losses(logits: Sequence[Tensor], deltas: Sequence[Tensor], targets: RetinaNetTargets,
-                     levels: Sequence[int], cfg) -> dict[str, Tensor]:
+                     levels: Sequence[int], params: RetinaNetLossParams) -> dict[str, Tensor]:
     """Detectron's loss blobs ``retnet_loss_bbox_fpn{l}`` and ``fl_fpn{l}`` (its json_stats keys)."""
-    r = cfg.RETINANET
     out = {}
     for i, lvl in enumerate(levels):
-        out[f"retnet_loss_bbox_fpn{lvl}"] = r.BBOX_REG_WEIGHT * select_smooth_l1_loss(
-            deltas[i], targets.fg_locs[i], targets.fg_targets[i], targets.fg_num, r.BBOX_REG_BETA)
+        out[f"retnet_loss_bbox_fpn{lvl}"] = params.bbox_reg_weight * select_smooth_l1_loss(
+            deltas[i], targets.fg_locs[i], targets.fg_targets[i], targets.fg_num, params.bbox_reg_beta)
     for i, lvl in enumerate(levels):
-        out[f"fl_fpn{lvl}"] = sigmoid_focal_loss(logits[i], targets.labels[i], targets.fg_num, r.LOSS_GAMMA,
-                                                 r.LOSS_ALPHA)
+        out[f"fl_fpn{lvl}"] = sigmoid_focal_loss(logits[i], targets.labels[i], targets.fg_num, params.gamma,
+                                                 params.alpha)
     return out

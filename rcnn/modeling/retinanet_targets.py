@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
 from rcnn.ops import boxes as box_ops
 from rcnn.ops.anchors import retinanet_cell_anchors
@@ -95,9 +96,9 @@ def _image_labels(anchors: Tensor, gt: Tensor, gt_classes: Tensor,
 
 
 @torch.no_grad()
-def retinanet_targets(feature_sizes: Sequence[tuple[int, int]], im_info: Tensor, targets: Sequence[ImageTargets],
+def retinanet_targets(feature_sizes: Sequence[tuple[int, int]], im_info: ImInfo, targets: Sequence[ImageTargets],
                       params: RetinaNetTargetParams) -> RetinaNetTargets:
-    """Targets for a minibatch; ``feature_sizes`` (H, W) per level, ``im_info`` (B, 3) with the scale."""
+    """Targets for a minibatch; ``feature_sizes`` (H, W) per level, ``im_info``: only its scale is used."""
     device = im_info.device
     anchors, sizes = _field(params, device)
     num_anchors = params.scales_per_octave * len(params.aspect_ratios)
@@ -106,7 +107,7 @@ def retinanet_targets(feature_sizes: Sequence[tuple[int, int]], im_info: Tensor,
         keep = ~t.is_crowd & (t.classes > 0)
         if not bool(keep.any()):   # Detectron asserts too (its roidb filter drops such images)
             raise ValueError(f"image {t.image_id}: RetinaNet training needs a non-crowd ground-truth box")
-        gt = t.boxes[keep].to(device) * im_info[i, 2]
+        gt = t.boxes[keep].to(device) * im_info.scale[i]
         labels, deltas, num_fg = _image_labels(anchors, gt, t.classes[keep].to(device), params)
         per_image.append((labels, deltas))
         fg_num += num_fg + 1.0

@@ -18,7 +18,7 @@ and ``roi_data/fast_rcnn.py::_sample_rois``. Per image:
 * the sampled boxes are multiplied by ``im_scale`` again for the heads; the FPN level
   of each RoI is chosen when pooling (``rcnn.ops.pooler``).
 
-Draws go through the :data:`~rcnn.modeling.rpn_targets.Sampler`, per image in
+Draws go through the :data:`~rcnn.modeling.sampler.Sampler`, per image in
 Detectron's order: foreground, background, then keypoint RoIs.
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
 from rcnn.modeling.keypoint_targets import KeypointTargets, keypoints_to_heatmap_labels, keypoints_within_boxes
 from rcnn.modeling.mask_targets import MaskTargets, image_mask_targets
-from rcnn.modeling.rpn_targets import Sampler
+from rcnn.modeling.sampler import Sampler
 from rcnn.ops import boxes as box_ops
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def _keypoint_sample(boxes: Tensor, max_ov: Tensor, gt_index: Tensor, t: ImageTa
 @torch.no_grad()
 def sample_rois(
     proposals: Tensor,
-    im_info: Tensor,
+    im_info: ImInfo,
     targets: list[ImageTargets],
     params: RoITargetParams,
     sampler: Sampler,
@@ -165,7 +166,7 @@ def sample_rois(
         proposals: (R, 5) float32 ``[batch index, x1, y1, x2, y2]`` in scaled input
             coordinates: ``generate_proposals`` in training mode (top 2000 over the batch),
             which carry no gradient (Detectron's proposal ops have none).
-        im_info: (B, 3) float32 ``[scaled height, scaled width, im_scale]``.
+        im_info: the images' ``[height, width, im_scale]`` (only the scale is used).
         targets: ground truth per image in original coordinates.
     """
     device = proposals.device
@@ -173,7 +174,7 @@ def sample_rois(
                                                        "mask_rois", "mask_targets", "mask_classes",
                                                        "kp_rois", "kp_loc", "kp_w")}
     for i, t in enumerate(targets):
-        im_scale = im_info[i, 2]
+        im_scale = im_info.scale[i]
         inv_scale = (1.0 / im_scale.double()).to(proposals.dtype)   # NumPy: 1. / float32 is float64
         props = proposals[proposals[:, 0] == i, 1:5] * inv_scale
         boxes, max_ov, max_cls, gt_index = _candidates(props, t)

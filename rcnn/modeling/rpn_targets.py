@@ -26,59 +26,42 @@ has ``x2 > shift + stride - 1``, so an inside anchor has ``x < im_w / stride <= 
 anchors come in the same (level, y, x, anchor) order, so the same random draws pick the
 same anchors.
 
-Random draws go through a :data:`Sampler`, so tests can replay Detectron's
-``numpy.random`` calls; the default draws from a ``torch.Generator``.
+Random draws go through a :data:`~rcnn.modeling.sampler.Sampler`, so tests can replay
+Detectron's ``numpy.random`` calls; the default draws from a ``torch.Generator``.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from rcnn.config import get_default_cfg
+from rcnn.data.im_info import ImInfo
 from rcnn.data.train_batch import ImageTargets
+from rcnn.modeling.sampler import RandomSampler, Sampler
 from rcnn.ops import boxes as box_ops
 from rcnn.ops.anchors import grid_anchors
 
 logger = logging.getLogger(__name__)
-
-Sampler = Callable[[Tensor, int, bool], Tensor]
-"""``sample(candidates, k, replace)``: ``k`` elements of the 1-D tensor ``candidates``,
-like ``numpy.random.choice(candidates, k, replace)``; with ``replace`` Detectron draws
-positions uniformly (``candidates[npr.randint(len, size=k)]``)."""
+# RandomSampler stays importable from here (older callers); its home is rcnn.modeling.sampler.
+__all__ = ["RPNTargetParams", "RPNTargets", "RandomSampler", "Sampler", "rpn_targets"]
 
 
-class RandomSampler:
-    """The default :data:`Sampler`: ``torch.randperm`` / ``torch.randint`` from one generator.
-
-    The generator lives on the CPU unless given, so the draws do not depend on the
-    device the targets are built on.
-    """
-
-    def __init__(self, generator: torch.Generator | None = None) -> None:
-        self.generator = generator if generator is not None else torch.Generator()
-
-    def __call__(self, candidates: Tensor, k: int, replace: bool) -> Tensor:
-        n = candidates.numel()
-        dev = self.generator.device
-        if replace:
-            pos = torch.randint(n, (k,), generator=self.generator, device=dev)
-        else:
-            if k > n:
-                raise ValueError(f"cannot draw {k} of {n} without replacement")
-            pos = torch.randperm(n, generator=self.generator, device=dev)[:k]
-        return candidates[pos.to(candidates.device)]
+_TRAIN_DEFAULTS = get_default_cfg().TRAIN
 
 
 @dataclass(frozen=True)
 class RPNTargetParams:
-    positive_overlap: float = 0.7
-    negative_overlap: float = 0.3
-    fg_fraction: float = 0.5
-    batch_size_per_im: int = 256
-    straddle_thresh: float = 0.0
+    """``TRAIN.RPN_*`` (defaults: the config's)."""
+
+    positive_overlap: float = _TRAIN_DEFAULTS.RPN_POSITIVE_OVERLAP
+    negative_overlap: float = _TRAIN_DEFAULTS.RPN_NEGATIVE_OVERLAP
+    fg_fraction: float = _TRAIN_DEFAULTS.RPN_FG_FRACTION
+    batch_size_per_im: int = _TRAIN_DEFAULTS.RPN_BATCH_SIZE_PER_IM
+    straddle_thresh: float = _TRAIN_DEFAULTS.RPN_STRADDLE_THRESH
 
     @classmethod
     def from_cfg(cls, cfg) -> RPNTargetParams:
@@ -161,7 +144,7 @@ def _image_targets(anchors: Tensor, im_h: Tensor, im_w: Tensor, gt: Tensor, para
 @torch.no_grad()
 def rpn_targets(
     feature_sizes: Sequence[tuple[int, int]],
-    im_info: Tensor,
+    im_info: ImInfo,
     targets: Sequence[ImageTargets],
     levels: Sequence[int],
     anchor_sizes: Sequence[float],
@@ -173,7 +156,7 @@ def rpn_targets(
 
     Args:
         feature_sizes: (H, W) of each RPN level's feature map, in ``levels`` order.
-        im_info: (B, 3) float32 ``[scaled height, scaled width (unpadded), im_scale]``.
+        im_info: the unpadded scaled images' ``[height, width, im_scale]`` (``ImInfo.of_images``).
         targets: ground truth per image in original coordinates (scaled here by im_scale).
         levels / anchor_sizes: FPN level and anchor size of each entry (stride ``2**level``).
         sampler: draws the positive / negative subsets; called per image in order,
@@ -186,8 +169,8 @@ def rpn_targets(
     per_image: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for i, t in enumerate(targets):
         keep = ~t.is_crowd & (t.classes > 0)
-        gt = t.boxes[keep].to(device) * im_info[i, 2]
-        per_image.append(_image_targets(anchors, im_info[i, 0], im_info[i, 1], gt, params, sampler))
+        gt = t.boxes[keep].to(device) * im_info.scale[i]
+        per_image.append(_image_targets(anchors, im_info.height[i], im_info.width[i], gt, params, sampler))
         if logger.isEnabledFor(logging.DEBUG):
             labels = per_image[-1][0]
             logger.debug("image %d: %d positive, %d negative anchors", i, int((labels == 1).sum()),

@@ -13,15 +13,16 @@ the last bits anyway (conv kernels).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rcnn.config import get_default_cfg
+
 # Detectron's cfg.BBOX_XFORM_CLIP: the largest dw/dh fed to exp().
-BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+BBOX_XFORM_CLIP = get_default_cfg().BBOX_XFORM_CLIP
 
 
 def _scalar(value: float, like: Tensor) -> Tensor:

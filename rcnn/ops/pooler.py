@@ -2,16 +2,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from rcnn.config import get_default_cfg
 from rcnn.ops.boxes import boxes_area
+
+_FPN_DEFAULTS = get_default_cfg().FPN
+
+
+@dataclass(frozen=True)
+class RoIXform:
+    """A head's ``ROI_XFORM_RESOLUTION`` and ``ROI_XFORM_SAMPLING_RATIO`` (``FAST_RCNN``,
+    ``MRCNN`` or ``KRCNN`` node of the config)."""
+
+    resolution: int
+    sampling_ratio: int
+
+    @classmethod
+    def from_node(cls, node) -> RoIXform:
+        return cls(node.ROI_XFORM_RESOLUTION, node.ROI_XFORM_SAMPLING_RATIO)
 
 
 def map_rois_to_levels(
-    boxes: Tensor, k_min: int, k_max: int, canonical_scale: int = 224, canonical_level: int = 4
+    boxes: Tensor, k_min: int, k_max: int, canonical_scale: int = _FPN_DEFAULTS.ROI_CANONICAL_SCALE,
+    canonical_level: int = _FPN_DEFAULTS.ROI_CANONICAL_LEVEL,
 ) -> Tensor:
     """FPN level of each box: ``floor(4 + log2(sqrt(area) / 224 + 1e-6))`` clipped.
 
@@ -30,8 +48,8 @@ def multilevel_roi_align(
     levels: Sequence[int],
     output_size: int,
     sampling_ratio: int,
-    canonical_scale: int = 224,
-    canonical_level: int = 4,
+    canonical_scale: int = _FPN_DEFAULTS.ROI_CANONICAL_SCALE,
+    canonical_level: int = _FPN_DEFAULTS.ROI_CANONICAL_LEVEL,
 ) -> Tensor:
     """RoIAlign each RoI on the level it maps to; output rows in ``rois`` order.
 
