@@ -123,6 +123,16 @@ def _cmd_benchmark_md(args: argparse.Namespace) -> int:
             data["figures"][resolve_model(model)] = path
         else:
             data["figures"].pop(resolve_model(model), None)
+    for spec in args.note or []:
+        title, sep, path = spec.partition("=")
+        if not sep or not title:
+            raise InputError(f"--note {spec!r}: expected TITLE=FILE")
+        notes = dict(data.get("notes", {}))
+        if path:
+            notes[title] = Path(path).read_text(encoding="utf-8")
+        else:
+            notes.pop(title, None)
+        data = {**data, "notes": notes}
     text = benchmark_md.render(data)
     if args.check:
         current = Path(args.file).read_text(encoding="utf-8") if Path(args.file).exists() else ""
@@ -258,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", action="append", metavar="MODEL=PATH",
                    help="loss plot shown under a model's tables (empty PATH removes it)")
     p.add_argument("--add-speed", nargs="+", metavar="BENCH", help="record tools/benchmark.py --json results ([LABEL=]FILE)")
+    p.add_argument("--note", action="append", metavar="TITLE=FILE",
+                   help="a section of measurements in prose (Markdown FILE) after the tables (empty FILE removes it)")
     p.add_argument("--check", action="store_true", help="exit 1 if the file differs from its rendering")
     p.set_defaults(func=_cmd_benchmark_md)
 

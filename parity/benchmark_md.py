@@ -88,7 +88,7 @@ def read_data(path: PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: benchmark-md data block is not valid JSON ({e.msg})") from None
     return {"runs": list(data.get("runs", [])), "figures": dict(data.get("figures", {})),
-            "speed": list(data.get("speed", []))}
+            "speed": list(data.get("speed", [])), "notes": dict(data.get("notes", {}))}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -112,8 +112,10 @@ def render(data: dict[str, Any]) -> str:
     parts.append(zoo_section())
     if data.get("speed"):
         parts.append(speed_section(data["speed"]))
-    block = json.dumps({k: data[k] for k in ("runs", "figures", "speed") if k != "speed" or data.get("speed")},
-                       indent=1, sort_keys=True)
+    for title, text in data.get("notes", {}).items():   # measurements that are not tables (--note)
+        parts.append(f"## {title}\n\n{text.strip()}\n")
+    block = json.dumps({k: data[k] for k in ("runs", "figures", "speed", "notes")
+                        if k in ("runs", "figures") or data.get(k)}, indent=1, sort_keys=True)
     parts.append(f"<!-- benchmark-md data\n{block}\n-->\n")
     return "\n".join(parts)
 

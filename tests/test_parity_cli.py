@@ -147,3 +147,19 @@ def test_repository_benchmark_md_is_generated(tmp_path, capsys):
     path = REPO_ROOT / "BENCHMARK.md"  # tracked in the repository: its absence is a failure
     shutil.copy(path, tmp_path / "BENCHMARK.md")
     assert _run(capsys, "benchmark-md", "--file", tmp_path / "BENCHMARK.md", "--check")[0] == 0
+
+
+def test_benchmark_md_notes_are_rendered_kept_and_removed(tmp_path, capsys):
+    """A --note section is rendered after the tables, survives regeneration, and an empty FILE drops it."""
+    md = tmp_path / "BENCHMARK.md"
+    shutil.copy(REPO_ROOT / "BENCHMARK.md", md)
+    note = tmp_path / "note.md"
+    note.write_text("Iterations/s: 1.23 (spread 1.1-1.4).\n")
+    assert _run(capsys, "benchmark-md", "--file", md, "--note", f"Training probe={note}")[0] == 0
+    assert "## Training probe\n\nIterations/s: 1.23 (spread 1.1-1.4).\n" in md.read_text()
+    assert _run(capsys, "benchmark-md", "--file", md)[0] == 0          # kept from the data block alone
+    assert "## Training probe" in md.read_text()
+    assert _run(capsys, "benchmark-md", "--file", md, "--note", "Training probe=")[0] == 0
+    assert "## Training probe" not in md.read_text()
+    status, _, err = _run(capsys, "benchmark-md", "--file", md, "--note", "no-equals-sign")
+    assert status == 2 and "TITLE=FILE" in err
