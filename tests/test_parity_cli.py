@@ -19,8 +19,8 @@ def _run(capsys, *argv):
     return status, out, err
 
 
-def test_eval_prints_summary_and_writes_json(test_data, tmp_path, capsys):
-    folder = test_data / "cocoapi-fake-eval"
+def test_eval_prints_summary_and_writes_json(shared_data, tmp_path, capsys):
+    folder = shared_data / "cocoapi-fake-eval"
     out = tmp_path / "bbox.json"
     status, stdout, _ = _run(capsys, "eval", "--ann", folder / "instances_val2014_100.json",
                              "--dets", folder / "instances_val2014_fakebbox100_results.json", "--type", "bbox", "--out", out)

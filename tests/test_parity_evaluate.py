@@ -60,18 +60,20 @@ MINI_CASES = [("instances_val2017.json", "bbox"), ("instances_val2017.json", "se
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
-def test_fixture_stats_exact(test_data, case):
-    folder, gt, dt, iou_type, key = case
-    stats = evaluate(test_data / folder / gt, test_data / folder / dt, iou_type)
-    assert list(stats.stats) == _expected(test_data / folder, key)
+def test_fixture_stats_exact(data_folder, case):
+    name, gt, dt, iou_type, key = case
+    folder = data_folder(name)
+    stats = evaluate(folder / gt, folder / dt, iou_type)
+    assert list(stats.stats) == _expected(folder, key)
     assert stats.names == STAT_NAMES[iou_type]
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
-def test_faster_backend_agrees(test_data, case):
-    folder, gt, dt, iou_type, key = case
-    fast = evaluate(test_data / folder / gt, test_data / folder / dt, iou_type, backend="faster-coco-eval")
-    np.testing.assert_allclose(fast.stats, _expected(test_data / folder, key), rtol=0, atol=1e-12)
+def test_faster_backend_agrees(data_folder, case):
+    name, gt, dt, iou_type, key = case
+    folder = data_folder(name)
+    fast = evaluate(folder / gt, folder / dt, iou_type, backend="faster-coco-eval")
+    np.testing.assert_allclose(fast.stats, _expected(folder, key), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("gt_file,iou_type", MINI_CASES)
@@ -93,9 +95,9 @@ def _published_fake_results(text: str, iou_type: str) -> list[float]:
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_cocoapi_published_numbers(test_data, iou_type):
+def test_cocoapi_published_numbers(shared_data, iou_type):
     """The 3-decimal numbers cocoapi published in results/val2014_fake_eval_res.txt."""
-    folder = test_data / "cocoapi-fake-eval"
+    folder = shared_data / "cocoapi-fake-eval"
     published = _published_fake_results((folder / "val2014_fake_eval_res.txt").read_text(), iou_type)
     dets = folder / f"instances_val2014_fake{iou_type}100_results.json"
     stats = evaluate(folder / "instances_val2014_100.json", dets, iou_type)
@@ -122,8 +124,8 @@ def test_summary_lines_match_pycocotools_print(test_data):
     assert summary_lines(stats) == expected
 
 
-def test_in_memory_numpy_records_equal_json_round_trip(test_data):
-    folder = test_data / "cocoapi-fake-eval"
+def test_in_memory_numpy_records_equal_json_round_trip(shared_data):
+    folder = shared_data / "cocoapi-fake-eval"
     records = json.loads((folder / "instances_val2014_fakebbox100_results.json").read_text())
     as_numpy = [{"image_id": np.int64(r["image_id"]), "category_id": np.int32(r["category_id"]),
                  "bbox": np.asarray(r["bbox"], np.float32), "score": np.float32(r["score"])} for r in records]
