@@ -32,21 +32,6 @@ def test_data() -> Path:
     return TEST_DATA
 
 
-# Real-data folders that are read from ../shared/data only (not copied into tests/data).
-SHARED_ONLY = frozenset({"cocoapi-fake-eval"})
-
-
-@pytest.fixture(scope="session")
-def data_folder(request):
-    """``name -> Path``: ``tests/data/name``, or ``../shared/data/name`` for the folders in
-    ``SHARED_ONLY`` (the test skips when ../shared is absent)."""
-    def resolve(name: str) -> Path:
-        if name in SHARED_ONLY:
-            return request.getfixturevalue("shared_data") / name
-        return TEST_DATA / name
-    return resolve
-
-
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -19,14 +19,14 @@ def _run(capsys, *argv):
     return status, out, err
 
 
-def test_eval_prints_summary_and_writes_json(shared_data, tmp_path, capsys):
-    folder = shared_data / "cocoapi-fake-eval"
+def test_eval_prints_summary_and_writes_json(test_data, tmp_path, capsys):
+    folder = test_data / "coco-mini-fake-results"
     out = tmp_path / "bbox.json"
-    status, stdout, _ = _run(capsys, "eval", "--ann", folder / "instances_val2014_100.json",
-                             "--dets", folder / "instances_val2014_fakebbox100_results.json", "--type", "bbox", "--out", out)
+    status, stdout, _ = _run(capsys, "eval", "--ann", test_data / "coco-mini-annotations" / "instances_val2017.json",
+                             "--dets", folder / "bbox_results.json", "--type", "bbox", "--out", out)
     assert status == 0
     lines = stdout.splitlines()
-    assert lines[1] == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.505"
+    assert lines[1] == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.407"
     assert len(lines) == 13
     expected = json.loads((folder / "expected_stats.json").read_text())["stats"]["bbox"]
     assert json.loads(out.read_text()) == {"type": "bbox", "names": ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1",

@@ -14,10 +14,13 @@ import pytest
 from detectron_parity.fileio import InputError
 from parity.evaluate import STAT_NAMES, Stats, evaluate, summary_lines
 
+MINI_INSTANCES = "../coco-mini-annotations/instances_val2017.json"
+MINI_PERSONS = "../coco-mini-annotations/person_keypoints_val2017.json"
 # (folder, ground truth, results, type, key in expected_stats.json)
 FILE_CASES = [
-    ("cocoapi-fake-eval", "instances_val2014_100.json", "instances_val2014_fakebbox100_results.json", "bbox", "bbox"),
-    ("cocoapi-fake-eval", "instances_val2014_100.json", "instances_val2014_fakesegm100_results.json", "segm", "segm"),
+    ("coco-mini-fake-results", MINI_INSTANCES, "bbox_results.json", "bbox", "bbox"),
+    ("coco-mini-fake-results", MINI_INSTANCES, "segm_results.json", "segm", "segm"),
+    ("coco-mini-fake-results", MINI_PERSONS, "keypoints_results.json", "keypoints", "keypoints"),
     ("d2-coco-eval-2img", "gt.json", "dt.json", "bbox", "bbox"),
     ("d2-coco-eval-2img", "gt.json", "dt.json", "segm", "segm"),
     ("kp-one-image-139099", "gt_dataset.json", "dt_dataset.json", "keypoints", "keypoints"),
@@ -60,18 +63,18 @@ MINI_CASES = [("instances_val2017.json", "bbox"), ("instances_val2017.json", "se
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
-def test_fixture_stats_exact(data_folder, case):
+def test_fixture_stats_exact(test_data, case):
     name, gt, dt, iou_type, key = case
-    folder = data_folder(name)
+    folder = test_data / name
     stats = evaluate(folder / gt, folder / dt, iou_type)
     assert list(stats.stats) == _expected(folder, key)
     assert stats.names == STAT_NAMES[iou_type]
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
-def test_faster_backend_agrees(data_folder, case):
+def test_faster_backend_agrees(test_data, case):
     name, gt, dt, iou_type, key = case
-    folder = data_folder(name)
+    folder = test_data / name
     fast = evaluate(folder / gt, folder / dt, iou_type, backend="faster-coco-eval")
     np.testing.assert_allclose(fast.stats, _expected(folder, key), rtol=0, atol=1e-12)
 
@@ -96,7 +99,8 @@ def _published_fake_results(text: str, iou_type: str) -> list[float]:
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_cocoapi_published_numbers(shared_data, iou_type):
-    """The 3-decimal numbers cocoapi published in results/val2014_fake_eval_res.txt."""
+    """The 3-decimal numbers cocoapi published in results/val2014_fake_eval_res.txt, pycocotools'
+    full-precision stats of the same files, and the faster backend's agreement with them."""
     folder = shared_data / "cocoapi-fake-eval"
     published = _published_fake_results((folder / "val2014_fake_eval_res.txt").read_text(), iou_type)
     dets = folder / f"instances_val2014_fake{iou_type}100_results.json"
@@ -104,6 +108,9 @@ def test_cocoapi_published_numbers(shared_data, iou_type):
     assert len(published) == 12
     assert [round(v, 3) for v in stats.stats] == published
     assert [float(line.rsplit("= ", 1)[1]) for line in summary_lines(stats)] == published
+    assert list(stats.stats) == _expected(folder, iou_type)
+    fast = evaluate(folder / "instances_val2014_100.json", dets, iou_type, backend="faster-coco-eval")
+    np.testing.assert_allclose(fast.stats, stats.stats, rtol=0, atol=1e-12)
 
 
 def test_summary_lines_match_pycocotools_print(test_data):
@@ -124,14 +131,21 @@ def test_summary_lines_match_pycocotools_print(test_data):
     assert summary_lines(stats) == expected
 
 
-def test_in_memory_numpy_records_equal_json_round_trip(shared_data):
-    folder = shared_data / "cocoapi-fake-eval"
-    records = json.loads((folder / "instances_val2014_fakebbox100_results.json").read_text())
+def test_in_memory_numpy_records_equal_json_round_trip(test_data):
+    folder = test_data / "coco-mini-fake-results"
+    records = json.loads((folder / "bbox_results.json").read_text())
     as_numpy = [{"image_id": np.int64(r["image_id"]), "category_id": np.int32(r["category_id"]),
                  "bbox": np.asarray(r["bbox"], np.float32), "score": np.float32(r["score"])} for r in records]
     written = json.loads(json.dumps(as_numpy, default=lambda o: o.tolist()))
-    gt = folder / "instances_val2014_100.json"
+    gt = folder / MINI_INSTANCES
     assert evaluate(gt, as_numpy, "bbox") == evaluate(gt, written, "bbox")
+
+
+def test_fake_results_are_what_their_generator_writes():
+    from tests.fake_results import FILES, FOLDER, fake_results
+
+    for iou_type, name in FILES.items():
+        assert json.loads((FOLDER / name).read_text()) == fake_results(iou_type), name
 
 
 def test_inputs_not_modified(test_data):

@@ -107,10 +107,10 @@ def test_min_score_and_min_iou():
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools' mask.decode
-def test_segm_fixture_against_pycocotools_iou(shared_data):
+def test_segm_fixture_against_pycocotools_iou(test_data):
     from pycocotools import mask as mask_util
 
-    path = shared_data / "cocoapi-fake-eval" / "instances_val2014_fakesegm100_results.json"
+    path = test_data / "coco-mini-fake-results" / "segm_results.json"
     a = json.loads(path.read_text())
     b = copy.deepcopy(a[10:])
     big = int(np.argmax([mask_util.area(r["segmentation"]) for r in b]))

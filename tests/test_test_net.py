@@ -169,13 +169,15 @@ def _eval_only(test_data, tmp_path, kind, gt, dets, opts=()):
 
 
 @pytest.mark.parametrize("fixture,kind,gt,dets,opts", [
-    ("cocoapi-fake-eval", "mask", "instances_val2014_100.json",
-     {"bbox": "instances_val2014_fakebbox100_results.json", "segm": "instances_val2014_fakesegm100_results.json"}, ()),
+    ("coco-mini-fake-results", "mask", "../coco-mini-annotations/instances_val2017.json",
+     {"bbox": "bbox_results.json", "segm": "segm_results.json"}, ()),
+    ("coco-mini-fake-results", "keypoint", "../coco-mini-annotations/person_keypoints_val2017.json",
+     {"keypoints": "keypoints_results.json"}, ()),
     ("d2-coco-eval-2img", "mask", "gt.json", {"bbox": "dt.json", "segm": "dt.json"}, ("MODEL.NUM_CLASSES", "3")),
     ("kp-one-image-139099", "keypoint", "gt_dataset.json", {"keypoints": "dt_dataset.json"}, ()),
 ])
-def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, test_data, data_folder, tmp_path):
-    folder = data_folder(fixture)
+def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, test_data, tmp_path):
+    folder = test_data / fixture
     expected = json.loads((folder / "expected_stats.json").read_text())["stats"]
     proc, out = _eval_only(test_data, tmp_path, kind, folder / gt, {t: folder / f for t, f in dets.items()}, opts)
     assert proc.returncode == 0, proc.stderr[-2000:]
