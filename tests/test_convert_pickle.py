@@ -8,6 +8,8 @@ import io
 import os
 import pickle
 import pickletools
+import re
+import shutil
 import subprocess
 import tempfile
 
@@ -331,10 +333,47 @@ def test_permission_denied_is_a_convert_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_directory(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    with pytest.raises(ConvertError, match="cannot write .*Permission denied"):
-        write_detectron_pkl(ro / "x.pkl", {"a": np.ones(1, np.float32)}, None)
-    assert list(ro.iterdir()) == []
+NOBODY = 65534
+
+
+def _in_child(fn) -> int:
+    """Exit status of ``fn()`` run in a forked child; as root the child first drops to uid/gid
+    ``NOBODY``, for whom permissions apply (status 3: that user cannot reach the test's folder)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 2
+        try:
+            if os.geteuid() == 0:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            status = fn()
+        finally:
+            os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_read_only_directory():
+    """A folder we may not write in: a one-line error, nothing left in it. Root may write anywhere,
+    so the write runs in a child process without root's privileges."""
+    parent = tempfile.mkdtemp()   # the system temp folder: world-traversable, unlike pytest's tmp_path
+    try:
+        os.chmod(parent, 0o755)
+        ro = os.path.join(parent, "ro")
+        os.mkdir(ro, mode=0o555)
+
+        def write() -> int:
+            if not os.access(ro, os.R_OK | os.X_OK) or os.access(ro, os.W_OK):
+                return 3
+            try:
+                write_detectron_pkl(os.path.join(ro, "x.pkl"), {"a": np.ones(1, np.float32)}, None)
+            except ConvertError as e:
+                return 0 if re.fullmatch(r"cannot write .*x\.pkl: Permission denied", str(e)) else 1
+            return 1
+
+        status = _in_child(write)
+        if status == 3:
+            pytest.skip(f"an unprivileged user cannot reach {parent}")
+        assert status == 0
+        assert os.listdir(ro) == []
+    finally:
+        shutil.rmtree(parent)

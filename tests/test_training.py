@@ -87,7 +87,7 @@ def test_training_run_logs_snapshots_and_exports(test_data, imagenet_pkl, tmp_pa
     assert not (torch.from_numpy(init["res3_0_branch2a_w"]) == final.state_dict["backbone.res3.0.branch2a.weight"]).all()
 
 
-def test_loss_goes_down_on_a_fixed_batch(shared_data, imagenet_pkl):
+def test_loss_goes_down_on_a_fixed_batch(test_data, imagenet_pkl):
     """A few steps on the same minibatch lower its loss (the gradients are right)."""
     from rcnn.data.loader import build_train_loader
     from rcnn.data.roidb import open_datasets, roidb_from_cfg
@@ -97,7 +97,7 @@ def test_loss_goes_down_on_a_fixed_batch(shared_data, imagenet_pkl):
     from rcnn.modeling.sampler import RandomSampler
     from rcnn.modeling.training import METRICS
 
-    mini = shared_data / "coco-mini-val2017"   # on a shipped-image batch it oscillates at lr 0.01
+    mini = test_data / "coco-cc-by"
     cfg = load_cfg(CONFIGS["faster"], TINY + ["NUM_GPUS", "1"])
     roidb = roidb_from_cfg(cfg, None, open_datasets([(mini / "instances_val2017.json", mini / "val2017")]))
     batch = next(iter(build_train_loader(roidb, cfg, num_workers=0)))
@@ -106,7 +106,7 @@ def test_loss_goes_down_on_a_fixed_batch(shared_data, imagenet_pkl):
     load_imagenet_backbone(model, imagenet_pkl)
     model.train()
     opt = build_optimizer(model, cfg)
-    opt.set_lr(0.01)
+    opt.set_lr(0.003)   # at 0.01 a step overshoots on this batch (loss 6.2 -> 9.8 -> 2.9 -> ...)
     totals = []
     for _ in range(6):
         opt.zero_grad()
