@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -44,7 +45,8 @@ class FPN(nn.Module):
         outs = [self._conv(f"fpn_{names[-1]}", inner)]
         for name, feat in zip(reversed(names[:-1]), reversed(feats[:-1])):
             lateral = self._conv(f"fpn_inner_{name}_lateral", feat)
-            inner = lateral + F.interpolate(inner, scale_factor=2, mode="nearest")
+            top_down = F.interpolate(inner, scale_factor=2, mode="nearest")
+            inner = lateral + top_down if torch.is_grad_enabled() else lateral.add_(top_down)
             outs.insert(0, self._conv(f"fpn_{name}", inner))
         if self.with_p6:
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))

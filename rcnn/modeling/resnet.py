@@ -78,7 +78,8 @@ class Bottleneck(nn.Module):
         y = F.relu_(self._conv_norm("branch2a", x))
         y = F.relu_(self._conv_norm("branch2b", y))
         y = self._conv_norm("branch2c", y)
-        return F.relu_(y + shortcut)
+        # Inference adds into the fresh branch output (the same sum, without a new tensor).
+        return F.relu_(y + shortcut if torch.is_grad_enabled() else y.add_(shortcut))
 
 
 def _norm(gn: GroupNormSpec | None) -> tuple[Callable[[int], nn.Module], str]:
