@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model of the added runs (default: their provenance)")
     p.add_argument("--ann", help="ground truth for runs given as result JSONs")
     p.add_argument("--backend", choices=BACKENDS, default="pycocotools")
-    p.add_argument("--remove", nargs="+", metavar="LABEL", help="drop the runs with these labels")
+    p.add_argument("--remove", nargs="+", metavar="LABEL", help="drop the runs and speed measurements with these labels")
     p.add_argument("--figure", action="append", metavar="MODEL=PATH",
                    help="loss plot shown under a model's tables (empty PATH removes it)")
     p.add_argument("--add-speed", nargs="+", metavar="BENCH", help="record tools/benchmark.py --json results ([LABEL=]FILE)")

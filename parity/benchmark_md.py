@@ -138,11 +138,14 @@ def add_runs(data: dict[str, Any], rows: Sequence[Row], model: str | None = None
 
 
 def remove_runs(data: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
-    """``data`` without the runs labelled ``labels`` (every trial with that label)."""
-    missing = [lab for lab in labels if not any(e["label"] == lab for e in data["runs"])]
+    """``data`` without the runs and the speed measurements labelled ``labels`` (every trial with
+    that label): a measurement superseded by a better one leaves the file."""
+    entries = list(data["runs"]) + list(data.get("speed", []))
+    missing = [lab for lab in labels if not any(e["label"] == lab for e in entries)]
     if missing:
-        raise InputError(f"no run labelled {missing[0]!r} in BENCHMARK.md")
-    return {**data, "runs": [e for e in data["runs"] if e["label"] not in labels]}
+        raise InputError(f"no run or speed measurement labelled {missing[0]!r} in BENCHMARK.md")
+    return {**data, "runs": [e for e in data["runs"] if e["label"] not in labels],
+            "speed": [e for e in data.get("speed", []) if e["label"] not in labels]}
 
 
 def zoo_section() -> str:

@@ -208,3 +208,6 @@ def test_benchmark_md_speed_section(tmp_path):
     assert main(["benchmark-md", "--file", str(md), "--check"]) == 0
     (tmp_path / "bad.json").write_text("{}")
     assert main(["benchmark-md", "--file", str(md), "--add-speed", str(tmp_path / "bad.json")]) == 2
+    assert main(["benchmark-md", "--file", str(md), "--remove", "cpu-run"]) == 0   # superseded: it leaves
+    assert benchmark_md.read_data(md)["speed"] == [] and "| cpu-run |" not in md.read_text()
+    assert main(["benchmark-md", "--file", str(md), "--remove", "cpu-run"]) == 2
