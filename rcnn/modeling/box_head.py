@@ -26,8 +26,8 @@ class BoxHead(nn.Module):
 
     def forward(self, roi_feats: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits (R, K) and box deltas (R, 4K)."""
-        x = F.relu(self.fc6(roi_feats.flatten(1)))
-        x = F.relu(self.fc7(x))
+        x = F.relu_(self.fc6(roi_feats.flatten(1)))
+        x = F.relu_(self.fc7(x))
         return self.cls_score(x), self.bbox_pred(x)
 
 
@@ -51,6 +51,6 @@ class ConvFCBoxHead(nn.Module):
         x = roi_feats
         for name in self.conv_names:
             x = getattr(self, name)(x)
-            x = F.relu(getattr(self, f"{name}_gn")(x) if self.use_gn else x)
-        x = F.relu(self.fc6(x.flatten(1)))
+            x = F.relu_(getattr(self, f"{name}_gn")(x) if self.use_gn else x)
+        x = F.relu_(self.fc6(x.flatten(1)))
         return self.cls_score(x), self.bbox_pred(x)

@@ -82,7 +82,7 @@ class MaskHeadV0UpShare(nn.Module):
         self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes if cls_specific else 1, 1)
 
     def forward(self, res5: Tensor) -> Tensor:
-        return self.mask_fcn_logits(F.relu(self.conv5_mask(res5)))
+        return self.mask_fcn_logits(F.relu_(self.conv5_mask(res5)))
 
 
 class ResNetC4RCNN(nn.Module):

@@ -56,5 +56,5 @@ class KeypointHead(nn.Module):
         """Heatmap logits (R, K, 56, 56); no softmax (decoding takes the argmax)."""
         x = roi_feats
         for name in self.conv_names:
-            x = F.relu(getattr(self, name)(x))
+            x = F.relu_(getattr(self, name)(x))
         return self.kps_score(self.kps_score_lowres(x))

@@ -36,5 +36,5 @@ class MaskHead(nn.Module):
         x = roi_feats
         for name in self.conv_names:
             x = getattr(self, name)(x)
-            x = F.relu(getattr(self, f"{name}_gn")(x) if self.use_gn else x)
-        return self.mask_fcn_logits(F.relu(self.conv5_mask(x)))
+            x = F.relu_(getattr(self, f"{name}_gn")(x) if self.use_gn else x)
+        return self.mask_fcn_logits(F.relu_(self.conv5_mask(x)))

@@ -77,7 +77,7 @@ class RetinaNetHead(nn.Module):
 
     def _tower(self, names: Sequence[str], x: Tensor) -> Tensor:
         for name in names:
-            x = F.relu(getattr(self, name)(x))
+            x = F.relu_(getattr(self, name)(x))
         return x
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:

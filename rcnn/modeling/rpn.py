@@ -27,7 +27,7 @@ class RPNHead(nn.Module):
         conv, cls, bbox = (getattr(self, n) for n in self.names)
         logits, deltas = [], []
         for x in feats:
-            h = F.relu(conv(x))
+            h = F.relu_(conv(x))
             logits.append(cls(h))
             deltas.append(bbox(h))
         return logits, deltas
