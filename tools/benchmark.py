@@ -130,8 +130,8 @@ def run(args, partial=lambda result: None) -> dict:
                                         args.channels_last, args.compile)
             r = row["ratio_spread"]
             print(f"{args.mode} {kind:9s} ours {row['ours_s_per_img']:.4f} s/img  torchvision "
-                  f"{row['torchvision_s_per_img']:.4f} s/img  ours faster by {row['speedup']:.2f}x "
-                  f"(per pair {r['min']:.2f}-{r['max']:.2f}, n={r['n']})", flush=True)
+                  f"{row['torchvision_s_per_img']:.4f} s/img  ours faster by {r['median']:.2f}x "
+                  f"(median of per-pair ratios; min-max {r['min']:.2f}-{r['max']:.2f}, n={r['n']})", flush=True)
             rows.append(row)
             partial(result)
             if device.type == "cuda":
