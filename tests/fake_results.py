@@ -1,4 +1,4 @@
-"""Fake detection results over coco-mini's shipped annotations (``tests/data/coco-mini-fake-results``).
+"""Fake detection results over shipped annotations (``tests/data/coco-mini-fake-results``).
 
 The evaluation tests need result sets with every kind of error an evaluator must score: boxes and
 masks of varied overlap, missed objects, duplicates, wrong classes, false positives, keypoints with
@@ -6,9 +6,11 @@ noise of varied size. cocoapi's own fake results cover that but sit on val2014 a
 not shipped, so this module makes a set of the same kind on the 79 coco-mini images, whose annotations
 (CC BY 4.0) are in the repository. Seeded, rounded to 2 decimals (scores 3), written once:
 
-    python -m tests.fake_results           # rewrites the three results files
+    python -m tests.fake_results           # rewrites the results files and the two-image set
 
-``expected_stats.json`` beside them holds pycocotools' numbers for the three files.
+``expected_stats.json`` beside them holds pycocotools' numbers for them. ``two_image_set`` is a much
+smaller pair for the tests that edit records one by one: two images of ``../coco-cc-by`` (one without
+objects), two persons and three detections that carry a box and a mask, as detectron2's records do.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ ANNOTATIONS = HERE / "coco-mini-annotations"
 FOLDER = HERE / "coco-mini-fake-results"
 FILES = {"bbox": "bbox_results.json", "segm": "segm_results.json", "keypoints": "keypoints_results.json"}
 SEEDS = {"bbox": 2017, "segm": 2018, "keypoints": 2019}
+TWO_IMAGE = {"gt": "two_image_gt.json", "dt": "two_image_dt.json"}
+# Image 183709 with a small (743 px) and a medium (6198 px) person, and 553664 (no person): the
+# "large" area range is empty, so it scores -1.
+_TWO_IMAGES, _TWO_PERSONS = (183709, 553664), (568264, 1724562)
 
 
 def _coco(dataset: dict):
@@ -143,10 +149,34 @@ def fake_results(iou_type: str) -> list[dict]:
     return records
 
 
+def two_image_set() -> tuple[dict, list[dict]]:
+    """Ground truth (categories person and bicycle) and 3 person detections with ``bbox`` and
+    ``segmentation``: each person's mask moved by (1, 2) px, and a false positive."""
+    from pycocotools import mask as mask_util
+
+    full = json.loads((HERE / "coco-cc-by" / "instances_val2017.json").read_text())
+    gt = {"info": full["info"], "licenses": full["licenses"], "categories": full["categories"][:2],
+          "images": [im for im in full["images"] if im["id"] in _TWO_IMAGES],
+          "annotations": [a for a in full["annotations"] if a["id"] in _TWO_PERSONS]}
+    coco = _coco(gt)
+    h, w = coco.imgs[_TWO_IMAGES[0]]["height"], coco.imgs[_TWO_IMAGES[0]]["width"]
+    masks = [_shifted(coco.annToMask(a), 2, 1) for a in gt["annotations"]]
+    masks.append(_box_mask([20.0, 400.0, 60.0, 120.0], h, w))
+    dets = []
+    for mask, score in zip(masks, (0.9, 0.7, 0.3)):
+        rle = _rle(mask)
+        box = mask_util.toBbox({"size": rle["size"], "counts": rle["counts"].encode()})
+        dets.append({"image_id": _TWO_IMAGES[0], "category_id": 1, "bbox": [round(float(v), 2) for v in box],
+                     "score": score, "segmentation": rle})
+    return gt, dets
+
+
 def main() -> None:
     FOLDER.mkdir(exist_ok=True)
     for iou_type, name in FILES.items():
         (FOLDER / name).write_text(json.dumps(fake_results(iou_type), separators=(",", ":")) + "\n")
+    for name, content in zip(TWO_IMAGE.values(), two_image_set()):
+        (FOLDER / name).write_text(json.dumps(content, separators=(",", ":")) + "\n")
 
 
 if __name__ == "__main__":

@@ -45,17 +45,18 @@ def test_eval_fast_backend_flag(test_data, tmp_path, capsys):
 
 
 def test_bad_input_is_one_line_and_exit_2(test_data, tmp_path, capsys):
-    folder = test_data / "d2-coco-eval-2img"
+    folder = test_data / "coco-mini-fake-results"
+    gt, dt = folder / "two_image_gt.json", folder / "two_image_dt.json"
     out = tmp_path / "stats.json"
     out.write_text("old")
-    dets = json.loads((folder / "dt.json").read_text())
+    dets = json.loads(dt.read_text())
     dets[2]["image_id"] = 4242
     (tmp_path / "dt.json").write_text(json.dumps(dets))
     cases = [
-        (["--ann", tmp_path / "missing.json", "--dets", folder / "dt.json"], "missing.json: ground truth not found"),
-        (["--ann", folder / "gt.json", "--dets", tmp_path / "dt.json"],
+        (["--ann", tmp_path / "missing.json", "--dets", dt], "missing.json: ground truth not found"),
+        (["--ann", gt, "--dets", tmp_path / "dt.json"],
          "dt.json: record 2 (image_id=4242, category_id=1): image_id 4242 is not in the ground truth"),
-        (["--ann", folder / "dt.json", "--dets", folder / "dt.json"], "ground truth must be a JSON object"),
+        (["--ann", dt, "--dets", dt], "ground truth must be a JSON object"),
     ]
     for args, message in cases:
         status, stdout, stderr = _run(capsys, "eval", *args, "--type", "segm", "--out", out)
@@ -63,7 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(test_data, tmp_path, capsys):
         assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr
         assert stdout == ""
         assert out.read_text() == "old"  # never half-written, never clobbered on error
-    status, _, stderr = _run(capsys, "eval", "--ann", folder / "gt.json", "--dets", folder / "dt.json",
+    status, _, stderr = _run(capsys, "eval", "--ann", gt, "--dets", dt,
                              "--type", "bbox", "--out", tmp_path / "no_dir" / "x.json")
     assert status == 2 and "output directory" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dt.json", "stats.json"]
@@ -71,8 +72,8 @@ def test_bad_input_is_one_line_and_exit_2(test_data, tmp_path, capsys):
 
 def test_eval_empty_results(test_data, tmp_path, capsys):
     (tmp_path / "empty.json").write_text("[]")
-    folder = test_data / "d2-coco-eval-2img"
-    status, stdout, _ = _run(capsys, "eval", "--ann", folder / "gt.json", "--dets", tmp_path / "empty.json", "--type", "bbox")
+    gt = test_data / "coco-mini-fake-results" / "two_image_gt.json"
+    status, stdout, _ = _run(capsys, "eval", "--ann", gt, "--dets", tmp_path / "empty.json", "--type", "bbox")
     assert status == 0 and stdout.splitlines()[1].endswith("= 0.000")
     # 0 where the ground truth has objects, -1 for the empty "large" area range
     zeros = (0.0,) * 5 + (-1.0,) + (0.0,) * 5 + (-1.0,)
@@ -115,7 +116,7 @@ def test_match_cli(test_data, tmp_path, capsys):
     assert report["matched"] == 120 and report["keypoint_distance"]["max"] == 0.0
     assert _run(capsys, "match", folder / "dt_dataset.json", tmp_path / "b.json", "--min-matched", "0.95")[0] == 1
     status, _, stderr = _run(capsys, "match", folder / "dt_dataset.json", tmp_path / "b.json",
-                             "--ann", test_data / "d2-coco-eval-2img" / "gt.json")
+                             "--ann", test_data / "coco-mini-fake-results" / "two_image_gt.json")
     assert status == 2 and "image_id 139099 is not in the ground truth" in stderr
 
 

@@ -183,12 +183,14 @@ def test_load_run_forms(test_data, tmp_path):
     save_metrics(_metrics_like_reference(model), odd / "metrics.json")
     assert load_run(str(odd)).label == "lr=0.02"
     assert load_run(f"x={odd}").label == "x"
-    folder = test_data / "d2-coco-eval-2img"
-    row = load_run(f"d2={folder / 'dt.json'}", ann=folder / "gt.json")
-    assert set(row.values) == {"bbox", "segm"}  # detectron2 records carry both
-    assert row.values["segm"][0] == pytest.approx(72.52475247524752)
+    folder = test_data / "coco-mini-fake-results"
+    row = load_run(f"two={folder / 'two_image_dt.json'}", ann=folder / "two_image_gt.json")
+    assert set(row.values) == {"bbox", "segm"}  # records that carry both (detectron2's do) are scored both ways
+    expected = json.loads((folder / "expected_stats.json").read_text())["stats"]
+    assert row.values["segm"][0] == pytest.approx(100 * expected["two_image_segm"][0])   # 67.57
+    assert row.values["bbox"][0] == pytest.approx(100 * expected["two_image_bbox"][0])   # 85.05
     with pytest.raises(InputError, match="need the ground truth"):
-        load_run(str(folder / "dt.json"))
+        load_run(str(folder / "two_image_dt.json"))
     with pytest.raises(InputError, match="run file not found"):
         load_run(str(tmp_path / "nothing"))
 

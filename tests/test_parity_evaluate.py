@@ -21,8 +21,8 @@ FILE_CASES = [
     ("coco-mini-fake-results", MINI_INSTANCES, "bbox_results.json", "bbox", "bbox"),
     ("coco-mini-fake-results", MINI_INSTANCES, "segm_results.json", "segm", "segm"),
     ("coco-mini-fake-results", MINI_PERSONS, "keypoints_results.json", "keypoints", "keypoints"),
-    ("d2-coco-eval-2img", "gt.json", "dt.json", "bbox", "bbox"),
-    ("d2-coco-eval-2img", "gt.json", "dt.json", "segm", "segm"),
+    ("coco-mini-fake-results", "two_image_gt.json", "two_image_dt.json", "bbox", "two_image_bbox"),
+    ("coco-mini-fake-results", "two_image_gt.json", "two_image_dt.json", "segm", "two_image_segm"),
     ("kp-one-image-139099", "gt_dataset.json", "dt_dataset.json", "keypoints", "keypoints"),
     ("mmpose-coco-kp4", "test_coco.json", "test_coco_det_AP_H_56.json", "bbox", "bbox_person_dets_vs_gt"),
 ]
@@ -142,16 +142,22 @@ def test_in_memory_numpy_records_equal_json_round_trip(test_data):
 
 
 def test_fake_results_are_what_their_generator_writes():
-    from tests.fake_results import FILES, FOLDER, fake_results
+    from tests.fake_results import FILES, FOLDER, TWO_IMAGE, fake_results, two_image_set
 
     for iou_type, name in FILES.items():
         assert json.loads((FOLDER / name).read_text()) == fake_results(iou_type), name
+    for name, content in zip(TWO_IMAGE.values(), two_image_set()):
+        assert json.loads((FOLDER / name).read_text()) == content, name
+
+
+def _two_image(test_data):
+    folder = test_data / "coco-mini-fake-results"
+    return (json.loads((folder / "two_image_gt.json").read_text()),
+            json.loads((folder / "two_image_dt.json").read_text()))
 
 
 def test_inputs_not_modified(test_data):
-    folder = test_data / "d2-coco-eval-2img"
-    gt = json.loads((folder / "gt.json").read_text())
-    dets = json.loads((folder / "dt.json").read_text())
+    gt, dets = _two_image(test_data)
     gt_before, dets_before = copy.deepcopy(gt), copy.deepcopy(dets)
     for iou_type in ("bbox", "segm"):
         for backend in ("pycocotools", "faster-coco-eval"):
@@ -159,30 +165,41 @@ def test_inputs_not_modified(test_data):
     assert gt == gt_before and dets == dets_before
 
 
-def test_reused_pycocotools_gt_object(test_data):
+def _scored_with_one_coco_object(folder, gt: str, dt: str, keys: dict[str, str]) -> None:
     """Detectron scores bbox then segm with one COCO object; the numbers must not change."""
     from pycocotools.coco import COCO
 
-    folder = test_data / "d2-coco-eval-2img"
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(folder / "gt.json"))
+        coco = COCO(str(folder / gt))
     for iou_type in ("bbox", "segm", "bbox"):
-        assert list(evaluate(coco, folder / "dt.json", iou_type).stats) == _expected(folder, iou_type)
+        assert list(evaluate(coco, folder / dt, iou_type).stats) == _expected(folder, keys[iou_type])
+
+
+def test_reused_pycocotools_gt_object(test_data):
+    _scored_with_one_coco_object(test_data / "coco-mini-fake-results", "two_image_gt.json", "two_image_dt.json",
+                                 {"bbox": "two_image_bbox", "segm": "two_image_segm"})
+
+
+def test_detectron2_published_numbers(shared_data):
+    """detectron2's 2-image evaluation case (tests/data/test_coco_evaluation.py, also asserted by
+    faster_coco_eval): pycocotools' stats, the faster backend, and one COCO object reused."""
+    folder = shared_data / "d2-coco-eval-2img"
+    for iou_type in ("bbox", "segm"):
+        stats = evaluate(folder / "gt.json", folder / "dt.json", iou_type)
+        assert list(stats.stats) == _expected(folder, iou_type)
+        fast = evaluate(folder / "gt.json", folder / "dt.json", iou_type, backend="faster-coco-eval")
+        np.testing.assert_allclose(fast.stats, stats.stats, rtol=0, atol=1e-12)
+    _scored_with_one_coco_object(folder, "gt.json", "dt.json", {"bbox": "bbox", "segm": "segm"})
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
-@pytest.mark.parametrize("folder,gt,iou_type", [("d2-coco-eval-2img", "gt.json", "segm"),
+@pytest.mark.parametrize("folder,gt,iou_type", [("coco-mini-fake-results", "two_image_gt.json", "segm"),
                                                 ("kp-one-image-139099", "gt_dataset.json", "keypoints")])
 def test_empty_detections_give_zeros(test_data, backend, folder, gt, iou_type):
     stats = evaluate(test_data / folder / gt, [], iou_type, backend)
-    # 0 wherever the ground truth has objects, -1 for area ranges without any (here: large in d2)
+    # 0 wherever the ground truth has objects, -1 for area ranges without any (here: large in the two-image set)
     expected = [0.0] * 10 if iou_type == "keypoints" else [0.0] * 5 + [-1.0] + [0.0] * 5 + [-1.0]
     assert list(stats.stats) == expected
-
-
-def _d2(test_data):
-    folder = test_data / "d2-coco-eval-2img"
-    return json.loads((folder / "gt.json").read_text()), json.loads((folder / "dt.json").read_text())
 
 
 @pytest.mark.parametrize("change,iou_type,message", [
@@ -194,11 +211,11 @@ def _d2(test_data):
     (lambda r: r.update(bbox=[1, 2, 3]), "bbox", "'bbox' must be 4 finite numbers"),
     (lambda r: r.update(bbox=[1, 2, -3, 4]), "bbox", "negative width or height"),
     (lambda r: r.pop("bbox"), "bbox", "missing 'bbox'"),
-    (lambda r: r["segmentation"].update(size=[10, 10]), "segm", "size [10, 10] differs from the image size [426, 640]"),
+    (lambda r: r["segmentation"].update(size=[10, 10]), "segm", "size [10, 10] differs from the image size [640, 480]"),
     (lambda r: r.update(segmentation=[[1, 2, 3, 4, 5, 6]]), "segm", "must be a compressed RLE"),
 ])
 def test_bad_records_name_the_record(test_data, change, iou_type, message):
-    gt, dets = _d2(test_data)
+    gt, dets = _two_image(test_data)
     change(dets[1])
     with pytest.raises(InputError, match=re.escape(message)) as err:
         evaluate(gt, dets, iou_type, source="dt.json")
@@ -206,7 +223,7 @@ def test_bad_records_name_the_record(test_data, change, iou_type, message):
 
 
 def test_bad_inputs(test_data, tmp_path):
-    gt, dets = _d2(test_data)
+    gt, dets = _two_image(test_data)
     with pytest.raises(InputError, match="missing.json: ground truth not found"):
         evaluate(tmp_path / "missing.json", dets, "bbox")
     (tmp_path / "gt.json").write_text('{"images": [')
@@ -215,7 +232,7 @@ def test_bad_inputs(test_data, tmp_path):
     (tmp_path / "dt.json").write_text(json.dumps({"annotations": dets}))
     with pytest.raises(InputError, match="must be a JSON list of records, got a JSON object"):
         evaluate(gt, tmp_path / "dt.json", "bbox")
-    with pytest.raises(InputError, match=r"annotations\[0\] \(id=230831\) has no 'keypoints'"):
+    with pytest.raises(InputError, match=r"annotations\[0\] \(id=568264\) has no 'keypoints'"):
         evaluate(gt, dets, "keypoints")
     with pytest.raises(InputError, match="unknown evaluation type 'mask'"):
         evaluate(gt, dets, "mask")

@@ -140,6 +140,6 @@ def test_keypoint_fixture_distance(test_data, tmp_path):
 
 
 def test_match_files_picks_common_type(test_data):
-    path = test_data / "d2-coco-eval-2img" / "dt.json"
+    path = test_data / "coco-mini-fake-results" / "two_image_dt.json"
     assert match_files(path, path).iou_type == "segm"
     assert match_files(path, path, iou_type="bbox").identical == 3

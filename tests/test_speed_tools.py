@@ -52,6 +52,17 @@ def test_benchmark_infer_json_renders_in_benchmark_md(tools_path, tmp_path):
     assert "- `tiny`: " in text
 
 
+def test_recorded_command_names_no_machine_folder(tools_path, monkeypatch):
+    import benchmark
+
+    repo = TOOLS.parent
+    monkeypatch.setattr(sys, "argv", ["tools/benchmark.py", "--images", str(repo.parent / "shared" / "data" / "x"),
+                                      "--pkl", str(repo / "tests" / "m.pkl"), "--json", "/tmp/bench/out.json",
+                                      "--iters", "3", "--data", "../shared/data/y"])
+    assert benchmark._command() == ("python tools/benchmark.py --images ../shared/data/x --pkl tests/m.pkl "
+                                    "--json out.json --iters 3 --data ../shared/data/y")
+
+
 def test_benchmark_md_tables_of_the_other_modes():
     s = {"min": 1.5, "median": 2.0, "max": 2.5, "n": 3}
     conv = {"mode": "convert", "convert": {"file_bytes": 2**20 * 340, "time_ratio": s,

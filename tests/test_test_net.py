@@ -168,30 +168,32 @@ def _eval_only(test_data, tmp_path, kind, gt, dets, opts=()):
     return _run(args, check=False), out
 
 
-@pytest.mark.parametrize("fixture,kind,gt,dets,opts", [
+# (fixture, model, ground truth, results by type, options, prefix of the keys in expected_stats.json)
+@pytest.mark.parametrize("fixture,kind,gt,dets,opts,key", [
     ("coco-mini-fake-results", "mask", "../coco-mini-annotations/instances_val2017.json",
-     {"bbox": "bbox_results.json", "segm": "segm_results.json"}, ()),
+     {"bbox": "bbox_results.json", "segm": "segm_results.json"}, (), ""),
     ("coco-mini-fake-results", "keypoint", "../coco-mini-annotations/person_keypoints_val2017.json",
-     {"keypoints": "keypoints_results.json"}, ()),
-    ("d2-coco-eval-2img", "mask", "gt.json", {"bbox": "dt.json", "segm": "dt.json"}, ("MODEL.NUM_CLASSES", "3")),
-    ("kp-one-image-139099", "keypoint", "gt_dataset.json", {"keypoints": "dt_dataset.json"}, ()),
+     {"keypoints": "keypoints_results.json"}, (), ""),
+    ("coco-mini-fake-results", "mask", "two_image_gt.json", {"bbox": "two_image_dt.json", "segm": "two_image_dt.json"},
+     ("MODEL.NUM_CLASSES", "3"), "two_image_"),
+    ("kp-one-image-139099", "keypoint", "gt_dataset.json", {"keypoints": "dt_dataset.json"}, (), ""),
 ])
-def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, test_data, tmp_path):
+def test_eval_only_reproduces_the_fixtures_exactly(fixture, kind, gt, dets, opts, key, test_data, tmp_path):
     folder = test_data / fixture
     expected = json.loads((folder / "expected_stats.json").read_text())["stats"]
     proc, out = _eval_only(test_data, tmp_path, kind, folder / gt, {t: folder / f for t, f in dets.items()}, opts)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = load_metrics(out / "metrics.json")
     for iou_type in dets:
-        assert list(metrics.by_type()[iou_type].stats) == expected[iou_type]
+        assert list(metrics.by_type()[iou_type].stats) == expected[key + iou_type]
 
 
 def test_results_for_images_not_in_gt_exit_2(test_data, tmp_path):
-    folder = test_data / "d2-coco-eval-2img"
-    bad = json.loads((folder / "dt.json").read_text())
+    folder = test_data / "coco-mini-fake-results"
+    bad = json.loads((folder / "two_image_dt.json").read_text())
     bad[0]["image_id"] = 999999
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    proc, _ = _eval_only(test_data, tmp_path, "mask", folder / "gt.json", {"bbox": tmp_path / "bad.json"},
+    proc, _ = _eval_only(test_data, tmp_path, "mask", folder / "two_image_gt.json", {"bbox": tmp_path / "bad.json"},
                          ("MODEL.NUM_CLASSES", "3"))
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]

@@ -141,8 +141,23 @@ def run(args, partial=lambda result: None) -> dict:
     return result
 
 
+def _portable(arg: str) -> str:
+    """A path argument as BENCHMARK.md may show it: relative to the repository when it lies in the
+    repository or beside it (``../shared``), else its file name (no machine's folders in the file)."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    repo = Path(__file__).resolve().parents[1]
+    for root, prefix in ((repo, ""), (repo.parent / "shared", "../shared/")):
+        if path.is_relative_to(root):
+            return prefix + path.relative_to(root).as_posix()
+    return path.name
+
+
 def _command() -> str | None:
-    return "python tools/benchmark.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("benchmark.py") else None
+    if not sys.argv[0].endswith("benchmark.py"):
+        return None
+    return "python tools/benchmark.py " + " ".join(_portable(a) for a in sys.argv[1:])
 
 
 def main(argv=None) -> int:
